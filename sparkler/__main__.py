@@ -1,0 +1,5 @@
+import sys
+
+from sparkler.cli import main
+
+sys.exit(main())
