@@ -1,0 +1,116 @@
+"""Process runtime: build the microVM, run the VMM thread's event loop, tear down.
+
+The main thread is the VMM thread (Firecracker's ``main``): after the build it waits in one
+selector for the machine's exit fd and, when the console is interactive, for guest console input
+on stdin. vCPU threads run the guest; they never wait on this loop.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import stat
+import time
+from typing import TYPE_CHECKING
+
+from sparkler import logger as log
+from sparkler.errors import SparklerError
+from sparkler.vmm.runtime_options import RunOptions
+
+if TYPE_CHECKING:
+    from sparkler.config import VmmConfig
+    from sparkler.vmm.machine import Machine
+
+EXIT_OK = 0
+EXIT_GENERIC = 1
+
+
+def _stdin_is_interactive() -> bool:
+    """Firecracker reads guest console input from stdin only when it is a TTY or a FIFO."""
+    try:
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return False
+    return os.isatty(0) or stat.S_ISFIFO(mode)
+
+
+def build_options(options: RunOptions) -> object:
+    from sparkler.vmm.builder import BuildOptions
+
+    return BuildOptions(
+        boot_timer=options.boot_timer,
+        instance_id=options.instance_id,
+        start_wall_us=time.monotonic_ns() // 1000,
+        start_cpu_us=time.process_time_ns() // 1000,
+    )
+
+
+def run_from_config(config: VmmConfig, options: RunOptions) -> int:
+    """The ``--no-api`` path: build from the config file, run until the guest stops."""
+    from sparkler.vmm.builder import build_microvm
+    from sparkler.vmm.vcpu import install_kick_handler
+
+    install_kick_handler()
+    try:
+        machine = build_microvm(config, build_options(options))  # type: ignore[arg-type]
+    except SparklerError as e:
+        log.error(f"Could not Start MicroVM from one single json: {e}")
+        return EXIT_GENERIC
+    machine.start()
+    log.info("Successfully started microvm that was configured from one single json")
+    try:
+        return run_event_loop(machine)
+    finally:
+        machine.stop()
+
+
+def run_event_loop(machine: Machine, extra: list[tuple[int, object]] | None = None) -> int:
+    """Serve the machine until it stops; returns its exit code."""
+    sel = selectors.DefaultSelector()
+    sel.register(machine.exit_fd, selectors.EVENT_READ, "exit")
+    serial = machine.devices.get("serial")
+    if serial is not None and _stdin_is_interactive():
+        os.set_blocking(0, False)
+        sel.register(0, selectors.EVENT_READ, "stdin")
+    for fd, handler in extra or []:
+        sel.register(fd, selectors.EVENT_READ, handler)
+    try:
+        while machine.exit_code is None:
+            try:
+                events = sel.select()
+            except KeyboardInterrupt:
+                machine.request_exit(EXIT_OK, "Shutting down VM after intercepting SIGINT.")
+                break
+            for key, _ in events:
+                if key.data == "exit":
+                    continue
+                if key.data == "stdin":
+                    _forward_stdin(sel, serial)
+                else:
+                    key.data()  # type: ignore[operator]
+    finally:
+        sel.close()
+    return machine.exit_code if machine.exit_code is not None else EXIT_GENERIC
+
+
+def _forward_stdin(sel: selectors.BaseSelector, serial: object) -> None:
+    try:
+        data = os.read(0, 64)
+    except BlockingIOError:
+        return
+    except OSError:
+        data = b""
+    if not data:
+        sel.unregister(0)  # EOF: the console has no more input
+        return
+    serial.enqueue_input(data)  # type: ignore[attr-defined]
+
+
+def run_api(options: RunOptions, config: VmmConfig | None) -> int:
+    """API mode (issue 3): served by api.server + vmm.controller."""
+    from sparkler.vmm import api_runtime
+
+    return api_runtime.run(options, config)
+
+
+__all__ = ["RunOptions", "run_from_config", "run_api", "run_event_loop"]
