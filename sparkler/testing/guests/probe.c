@@ -608,14 +608,17 @@ static void check_e820(int fc_layout)
         fail("e820 what=empty\n");
         return;
     }
-    /* The Firecracker layout is written sorted; other VMMs (QEMU) may not sort, and Linux sorts
-     * and sanitises the map itself, so only the Firecracker layout is held to a sorted table. */
-    for (u32 i = 1; i < n; i++) {
-        struct e820 *a = &boot.e820[i - 1], *b = &boot.e820[i];
-        if (b->addr < a->addr && fc_layout) {
-            fail("e820 what=unsorted i=%u addr=0x%lx prev_addr=0x%lx\n", i, b->addr, a->addr);
-            ok = 0;
-        }
+    /* Firecracker writes the table unsorted (low RAM, the two reserved ranges, then the RAM
+     * regions) and Linux sorts and sanitises it itself, so order is only reported; probe.e820_sorted=1
+     * makes an unsorted table a failure. */
+    int sorted = 1;
+    for (u32 i = 1; i < n; i++)
+        if (boot.e820[i].addr < boot.e820[i - 1].addr)
+            sorted = 0;
+    print("INFO e820 sorted=%d\n", sorted);
+    if (!sorted && cmd_is("e820_sorted", "1")) {
+        fail("e820 what=unsorted\n");
+        ok = 0;
     }
     for (u32 i = 1; i < n; i++) /* insertion sort, drop nothing */
         for (u32 j = i; j > 0 && boot.e820[j].addr < boot.e820[j - 1].addr; j--) {
@@ -1090,9 +1093,8 @@ static void do_fault(void)
     if (cmd_is("fault", "gp"))
         (void)*(volatile u64 *)0x8000000000000000ul; /* non-canonical */
     if (cmd_is("fault", "de")) {
-        volatile u32 zero = 0;
-        volatile u32 r = 1u / zero;
-        (void)r;
+        u32 zero = 0, lo = 1, hi = 0;
+        __asm__ volatile("divl %2" : "+a"(lo), "+d"(hi) : "r"(zero)); /* C would fold 1/x to x==1 */
     }
     if (cmd_is("fault", "user_ud"))
         run_user(user_fault, 0, (u64)(user_stack + sizeof(user_stack)));
