@@ -107,6 +107,11 @@ static inline void wrmsr(u32 msr, u64 v)
     __asm__ volatile("wrmsr" : : "c"(msr), "a"((u32)v), "d"((u32)(v >> 32)));
 }
 
+static inline void cpuid(u32 leaf, u32 sub, u32 r[4])
+{
+    __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));
+}
+
 static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
 
 static u64 strlen_(const char *s)
@@ -964,14 +969,52 @@ static void check_mptable(int fc_layout)
  */
 static volatile u32 ap_online;
 static volatile u32 ap_ids[MAX_APS];
+static volatile u32 ap_cpuid_ids[MAX_APS];
 
 void ap_main(u64 slot)
 {
     u32 id = lapic_read(0x20) >> 24;
+    u32 r[4];
+    cpuid(1, 0, r);
     ap_ids[slot] = id;
+    ap_cpuid_ids[slot] = r[1] >> 24;
     __atomic_fetch_add(&ap_online, 1, __ATOMIC_SEQ_CST);
     for (;;)
         __asm__ volatile("cli; hlt");
+}
+
+static u32 bsp_cpuid_id(void)
+{
+    u32 r[4];
+    cpuid(1, 0, r);
+    return r[1] >> 24;
+}
+
+/* Informational only: on PVM hosts part of CPUID is not virtualised (see pvm-probe-guests.md). */
+static void report_cpuid(void)
+{
+    u32 r[4], v[4], hv[4];
+    char vendor[13], hyp[13];
+    cpuid(0, 0, v);
+    *(u32 *)&vendor[0] = v[1];
+    *(u32 *)&vendor[4] = v[3];
+    *(u32 *)&vendor[8] = v[2];
+    vendor[12] = 0;
+    cpuid(1, 0, r);
+    cpuid(0x40000000, 0, hv);
+    *(u32 *)&hyp[0] = hv[1];
+    *(u32 *)&hyp[4] = hv[2];
+    *(u32 *)&hyp[8] = hv[3];
+    hyp[12] = 0;
+    for (int i = 0; i < 12; i++)
+        if (hyp[i] == 0)
+            break;
+        else if (hyp[i] <= 0x20 || hyp[i] > 0x7e)
+            hyp[i] = '.';
+    print("INFO cpuid vendor=%s max_leaf=0x%x leaf1_eax=0x%x apic_id=%u logical=%u hypervisor_bit=%u "
+          "hypervisor=%s tsc_deadline=%u x2apic=%u\n",
+          vendor, v[0], r[0], r[1] >> 24, (r[1] >> 16) & 0xff, (r[2] >> 31) & 1, hyp, (r[2] >> 24) & 1,
+          (r[2] >> 21) & 1);
 }
 
 static void check_smp(void)
@@ -1012,6 +1055,9 @@ static void check_smp(void)
           ap_slot, bsp_id);
     for (u32 i = 0; i < ap_online && i < MAX_APS; i++)
         print(",%u", ap_ids[i]);
+    print(" cpuid_apic_ids=%u", bsp_cpuid_id());
+    for (u32 i = 0; i < ap_online && i < MAX_APS; i++)
+        print(",%u", ap_cpuid_ids[i]);
     print("\n");
     int ok = 1;
     /* every AP id must be distinct, differ from the BSP's and appear in the MP table */
@@ -1124,6 +1170,7 @@ void probe_main(u64 kind, u64 info)
     print("INFO cmdline value=\"%s\"\n", cmdline);
 
     int fc_layout = !cmd_is("layout", "none");
+    report_cpuid();
     lapic_init();
     check_e820(fc_layout);
     check_ram_access();
