@@ -1,0 +1,318 @@
+"""HTTP request -> VMM action: a pure function, no I/O (Firecracker's ``parsed_request.rs``).
+
+``route(method, path, body)`` returns one ``VmmAction`` carrying a decoded, typed config model,
+or an ``ApiFault`` with Firecracker's message. It never raises.
+
+Firecracker's rules, in the order it applies them:
+
+* The path is split on ``/`` after the leading slashes; the first token names the resource.
+  A query string is ignored.
+* A GET with a body fails with ``GET request cannot have a body.``; a PUT or PATCH without one
+  with ``Empty PUT request.`` / ``Empty PATCH request.``; a DELETE with one with
+  ``Empty Delete request.`` (sic). Anything else unknown is
+  ``Invalid request method and/or path: <METHOD> <path>.``
+* Bodies are JSON objects decoded with unknown fields rejected; every decoding problem is
+  ``An error occurred when deserializing the json body of a request: <detail>.``
+* Resource IDs in paths (``/drives/{drive_id}``, ``/network-interfaces/{iface_id}``,
+  ``/pmem/{id}``) are non-empty, alphanumeric or ``_`` only, and equal the body's ID.
+* Endpoints of devices Sparkler does not provide yet are recognised (so their ID and method
+  rules hold) and answered with a "not supported by this version of Sparkler yet" fault.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from sparkler.api.faults import ApiFault
+from sparkler.config.actions import InstanceActionInfo
+from sparkler.config.boot_source import BootSourceConfig
+from sparkler.config.cpu_config import CpuConfig
+from sparkler.config.logger import LoggerConfig
+from sparkler.config.machine import MachineConfig, MachineConfigUpdate
+from sparkler.config.metrics import MetricsConfig
+from sparkler.config.serial import SerialConfig
+from sparkler.config.vm import VmStateUpdate
+from sparkler.vmm import actions as A
+
+METHODS = ("GET", "PUT", "PATCH", "DELETE")
+
+DESERIALIZE_PREFIX = "An error occurred when deserializing the json body of a request: "
+EMPTY_ID = "The ID cannot be empty."
+INVALID_ID = "API Resource IDs can only contain alphanumeric characters and underscores."
+ID_MISMATCH = "The id from the path does not match the id from the body!"
+EMPTY_PATCH = "Empty PATCH request."
+CPU_TEMPLATE_DEPRECATION = "PUT/PATCH /machine-config: cpu_template field is deprecated."
+
+_METHOD_BODY_ERRORS = {
+    "GET": "GET request cannot have a body.",
+    "PUT": "Empty PUT request.",
+    "PATCH": "Empty PATCH request.",
+    "DELETE": "Empty Delete request.",
+}
+
+
+class _Fault(Exception):
+    """Internal: unwinds a parse function into an ApiFault."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --- helpers ------------------------------------------------------------------------------------
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `([^`]*)`(?: - at `([^`]*)`)?$")
+_MISSING_FIELD = re.compile(r"^Object missing required field `([^`]*)`(?: - at `([^`]*)`)?$")
+
+
+def _describe_decode_error(error: Exception, model: type | None) -> str:
+    """msgspec's message in serde's words where they differ (unknown/missing field)."""
+    text = str(error)
+    m = _UNKNOWN_FIELD.match(text)
+    if m:
+        name, where = m.group(1), m.group(2)
+        detail = f"unknown field `{name}`"
+        if where is None and model is not None and hasattr(model, "__struct_fields__"):
+            expected = ", ".join(f"`{f}`" for f in model.__struct_fields__)
+            detail += f", expected one of {expected}"
+        return detail + (f" at `{where}`" if where else "")
+    m = _MISSING_FIELD.match(text)
+    if m:
+        name, where = m.group(1), m.group(2)
+        return f"missing field `{name}`" + (f" at `{where}`" if where else "")
+    if isinstance(error, msgspec.DecodeError) and not isinstance(error, msgspec.ValidationError):
+        return f"invalid JSON: {text}"
+    return text
+
+
+def _decode(body: bytes, model: type) -> Any:
+    try:
+        return msgspec.json.decode(body, type=model)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise _Fault(DESERIALIZE_PREFIX + _describe_decode_error(e, model) + ".") from None
+
+
+def check_resource_id(resource_id: str | None) -> str:
+    """Firecracker's ``checked_id``: non-empty, alphanumerics (Unicode-aware) or '_' only."""
+    if not resource_id:
+        raise _Fault(EMPTY_ID)
+    if not all(c.isalnum() or c == "_" for c in resource_id):
+        raise _Fault(INVALID_ID)
+    return resource_id
+
+
+def _not_supported(what: str) -> _Fault:
+    return _Fault(f"{A.NotSupportedError.category}: {what} is not supported by this version of Sparkler yet.")
+
+
+def split_path(path: str) -> list[str]:
+    """Path tokens after the leading slashes, without a query; trailing empty token dropped."""
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    if "://" in path:  # absolute-form request target: http://host/path
+        path = "/" + path.split("://", 1)[1].partition("/")[2]
+    tokens = path.lstrip("/").split("/")
+    if len(tokens) > 1 and tokens[-1] == "":
+        tokens.pop()
+    return tokens
+
+
+# --- parse functions: one per resource ----------------------------------------------------------
+def parse_put_actions(body: bytes) -> A.VmmAction:
+    info = _decode(body, InstanceActionInfo)
+    match info.action_type:
+        case "InstanceStart":
+            return A.StartMicroVm()
+        case "SendCtrlAltDel":
+            return A.SendCtrlAltDel()
+        case _:
+            return A.FlushMetrics()
+
+
+def parse_put_boot_source(body: bytes) -> A.VmmAction:
+    return A.PutBootSource(_decode(body, BootSourceConfig))
+
+
+def parse_put_machine_config(body: bytes) -> A.VmmAction:
+    # Decoded with the all-optional model so both required fields are checked by name.
+    update: MachineConfigUpdate = _decode(body, MachineConfigUpdate)
+    for required in ("vcpu_count", "mem_size_mib"):
+        if getattr(update, required) is None:
+            raise _Fault(DESERIALIZE_PREFIX + f"missing field `{required}`.")
+    defaults = MachineConfig()
+    config = MachineConfig(
+        vcpu_count=update.vcpu_count,  # type: ignore[arg-type]
+        mem_size_mib=update.mem_size_mib,  # type: ignore[arg-type]
+        smt=update.smt if update.smt is not None else defaults.smt,
+        cpu_template=update.cpu_template,
+        track_dirty_pages=update.track_dirty_pages if update.track_dirty_pages is not None else False,
+        huge_pages=update.huge_pages if update.huge_pages is not None else defaults.huge_pages,
+    )
+    sets_template = update.cpu_template is not None
+    return A.PutMachineConfig(
+        config,
+        sets_cpu_template=sets_template,
+        deprecation=CPU_TEMPLATE_DEPRECATION if sets_template else None,
+    )
+
+
+def parse_patch_machine_config(body: bytes) -> A.VmmAction:
+    update: MachineConfigUpdate = _decode(body, MachineConfigUpdate)
+    if all(getattr(update, f) is None for f in update.__struct_fields__):
+        raise _Fault(EMPTY_PATCH)
+    deprecation = CPU_TEMPLATE_DEPRECATION if update.cpu_template is not None else None
+    return A.PatchMachineConfig(update, deprecation=deprecation)
+
+
+def parse_put_cpu_config(body: bytes) -> A.VmmAction:
+    return A.PutCpuConfig(_decode(body, CpuConfig))
+
+
+def parse_put_logger(body: bytes) -> A.VmmAction:
+    return A.PutLogger(_decode(body, LoggerConfig))
+
+
+def parse_put_metrics(body: bytes) -> A.VmmAction:
+    return A.PutMetrics(_decode(body, MetricsConfig))
+
+
+def parse_put_serial(body: bytes) -> A.VmmAction:
+    return A.PutSerial(_decode(body, SerialConfig))
+
+
+def parse_patch_vm(body: bytes) -> A.VmmAction:
+    return A.PatchVmState(_decode(body, VmStateUpdate).state)
+
+
+def _device_with_id(
+    what: str, id_field: str, body_required: bool
+) -> Callable[[list[str], bytes], A.VmmAction]:
+    """A not-yet-supported per-ID device endpoint with Firecracker's ID rules enforced."""
+
+    def parse(rest: list[str], body: bytes) -> A.VmmAction:
+        resource_id = check_resource_id(rest[0] if rest else None)
+        if body_required:
+            document = _decode(body, dict)
+            if document.get(id_field) != resource_id:
+                raise _Fault(ID_MISMATCH)
+        raise _not_supported(what)
+
+    return parse
+
+
+def _device(what: str) -> Callable[[list[str], bytes], A.VmmAction]:
+    def parse(rest: list[str], body: bytes) -> A.VmmAction:
+        raise _not_supported(what)
+
+    return parse
+
+
+# --- route tables -------------------------------------------------------------------------------
+# (method, first token, rest of the path) -> parse function of the body.
+_BODY_ROUTES: dict[tuple[str, str, tuple[str, ...]], Callable[[bytes], A.VmmAction]] = {
+    ("PUT", "actions", ()): parse_put_actions,
+    ("PUT", "boot-source", ()): parse_put_boot_source,
+    ("PUT", "cpu-config", ()): parse_put_cpu_config,
+    ("PUT", "logger", ()): parse_put_logger,
+    ("PUT", "machine-config", ()): parse_put_machine_config,
+    ("PUT", "metrics", ()): parse_put_metrics,
+    ("PUT", "serial", ()): parse_put_serial,
+    ("PATCH", "machine-config", ()): parse_patch_machine_config,
+    ("PATCH", "vm", ()): parse_patch_vm,
+}
+
+_GET_ROUTES: dict[tuple[str, ...], A.VmmAction] = {
+    ("",): A.GetInstanceInfo(),
+    ("version",): A.GetVersion(),
+    ("machine-config",): A.GetMachineConfig(),
+    ("vm", "config"): A.GetVmConfig(),
+}
+
+# Endpoints of features later issues provide: (method, first token) -> handler(rest, body).
+_DEVICE_ROUTES: dict[tuple[str, str], Callable[[list[str], bytes], A.VmmAction]] = {
+    ("PUT", "drives"): _device_with_id("Block devices (PUT /drives)", "drive_id", True),
+    ("PATCH", "drives"): _device_with_id("Block devices (PATCH /drives)", "drive_id", True),
+    ("DELETE", "drives"): _device_with_id("Block device hot-unplug (DELETE /drives)", "drive_id", False),
+    ("PUT", "network-interfaces"): _device_with_id(
+        "Network interfaces (PUT /network-interfaces)", "iface_id", True
+    ),
+    ("PATCH", "network-interfaces"): _device_with_id(
+        "Network interfaces (PATCH /network-interfaces)", "iface_id", True
+    ),
+    ("DELETE", "network-interfaces"): _device_with_id(
+        "Network interface hot-unplug (DELETE /network-interfaces)", "iface_id", False
+    ),
+    ("PUT", "pmem"): _device_with_id("Pmem devices (PUT /pmem)", "id", True),
+    ("PATCH", "pmem"): _device_with_id("Pmem devices (PATCH /pmem)", "id", True),
+    ("DELETE", "pmem"): _device_with_id("Pmem hot-unplug (DELETE /pmem)", "id", False),
+    ("PUT", "vsock"): _device("The vsock device (PUT /vsock)"),
+    ("PUT", "entropy"): _device("The entropy device (PUT /entropy)"),
+    ("PUT", "balloon"): _device("The balloon device (PUT /balloon)"),
+    ("PATCH", "balloon"): _device("The balloon device (PATCH /balloon)"),
+    ("GET", "balloon"): _device("The balloon device (GET /balloon)"),
+    ("PUT", "mmds"): _device("MMDS (PUT /mmds)"),
+    ("PATCH", "mmds"): _device("MMDS (PATCH /mmds)"),
+    ("GET", "mmds"): _device("MMDS (GET /mmds)"),
+    ("PUT", "snapshot"): _device("Snapshots (PUT /snapshot)"),
+    ("PUT", "hotplug"): _device("Memory hot-plug (PUT /hotplug/memory)"),
+    ("PATCH", "hotplug"): _device("Memory hot-plug (PATCH /hotplug/memory)"),
+    ("GET", "hotplug"): _device("Memory hot-plug (GET /hotplug/memory)"),
+}
+
+# PATCH /balloon/hinting/{start,stop} may come without a body.
+_BODYLESS_PATCH_OK = {("balloon", "hinting", "start"), ("balloon", "hinting", "stop")}
+
+
+def _invalid_path(method: str, path: str) -> _Fault:
+    shown = path.split("?", 1)[0]
+    return _Fault(f"Invalid request method and/or path: {method} {shown}.")
+
+
+def _route(method: str, path: str, body: bytes) -> A.VmmAction:
+    tokens = split_path(path)
+    resource, rest = tokens[0], tokens[1:]
+    has_body = len(body) > 0
+
+    if method == "GET" and not has_body:
+        action = _GET_ROUTES.get(tuple(tokens))
+        if action is not None:
+            return action
+    elif method == "GET":
+        raise _Fault(_METHOD_BODY_ERRORS["GET"])
+
+    if method in ("PUT", "PATCH") and has_body:
+        parse = _BODY_ROUTES.get((method, resource, tuple(rest)))
+        if parse is not None:
+            return parse(body)
+
+    device = _DEVICE_ROUTES.get((method, resource))
+    if device is not None:
+        if method == "DELETE" and has_body:
+            raise _Fault(_METHOD_BODY_ERRORS["DELETE"])
+        if method in ("PUT", "PATCH") and not has_body and tuple(tokens) not in _BODYLESS_PATCH_OK:
+            raise _Fault(_METHOD_BODY_ERRORS[method])
+        return device(rest, body)
+
+    if method in ("PUT", "PATCH") and not has_body:
+        raise _Fault(_METHOD_BODY_ERRORS[method])
+    raise _invalid_path(method, path)
+
+
+def route(method: str, path: str, body: bytes) -> A.VmmAction | ApiFault:
+    """The action for one request, or the fault to answer with. Never raises."""
+    try:
+        return _route(method, path, body)
+    except _Fault as fault:
+        return ApiFault(fault.message)
+    except Exception as e:  # noqa: BLE001 - the router must answer every input with a fault
+        return ApiFault(f"{DESERIALIZE_PREFIX}{type(e).__name__}: {e}.")
+
+
+def deprecation_of(result: A.VmmAction | ApiFault) -> str | None:
+    """The deprecation message a request triggered (the server adds ``Deprecation: true``)."""
+    return getattr(result, "deprecation", None)
+
+
+__all__ = ["route", "deprecation_of", "split_path", "check_resource_id", "METHODS"]

@@ -1,0 +1,344 @@
+"""The controller: applies one VMM action at a time, before and after boot.
+
+Before ``InstanceStart`` the controller holds the VM's resources as a ``VmmConfig`` (the same
+document as ``--config-file`` and ``GET /vm/config``). Every action is applied atomically: the
+new configuration is built and validated on the side and only then swapped in, so after any
+error the configuration is exactly what it was. ``InstanceStart`` hands the configuration to the
+builder (``builder_fn(config, options) -> Machine``) and starts the machine; from then on the
+controller drives the machine (pause, resume, Ctrl+Alt+Del) and refuses configuration changes.
+
+Phase rules (Firecracker's ``PrebootApiController`` / ``RuntimeApiController``) are one
+``match`` in :meth:`Controller._apply`:
+
+==========================  =========  ===========
+action                      pre-boot   post-boot
+==========================  =========  ===========
+GET / /version /vm/config   yes        yes
+GET /machine-config         yes        yes
+InstanceStart               yes        error
+SendCtrlAltDel, FlushMetrics,
+PATCH /vm                   error      yes
+every PUT/PATCH of config   yes        error
+==========================  =========  ===========
+
+``handle`` never raises: failures come back as ``VmmActionError`` values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from sparkler.config import VmmConfig
+from sparkler.config.logger import LoggerConfig
+from sparkler.config.machine import MachineConfig
+from sparkler.errors import ConfigError, SparklerError
+from sparkler.vmm import actions as A
+from sparkler.vmm.channel import Channel
+
+NOT_STARTED = "Not started"
+
+
+@dataclass
+class ControllerHooks:
+    """Process-wide services the runtime wires in (all optional; None = nothing to do).
+
+    * ``configure_logger(LoggerConfig)``: apply a PUT /logger (the merged configuration).
+    * ``configure_metrics(MetricsConfig)``: open the metrics destination (PUT /metrics).
+    * ``flush_metrics()``: write one metrics line (FlushMetrics action).
+    * ``on_started(machine)``: the machine is running (register its exit fd, start periodic
+      metrics...).
+    * ``log(message)``: an Info line (e.g. ``'pause vm' API request took N us.``).
+
+    Hooks report failure by raising ``OSError``, ``ValueError`` or ``SparklerError``.
+    """
+
+    configure_logger: Callable[[LoggerConfig], None] | None = None
+    configure_metrics: Callable[[Any], None] | None = None
+    flush_metrics: Callable[[], None] | None = None
+    on_started: Callable[[Any], None] | None = None
+    log: Callable[[str], None] | None = None
+
+
+def initial_config() -> VmmConfig:
+    """An empty pre-boot configuration: no boot source yet (None), default machine."""
+    return VmmConfig(
+        boot_source=None,  # type: ignore[arg-type]  # filled by PUT /boot-source
+        machine_config=MachineConfig(),
+        drives=[],
+        network_interfaces=[],
+        pmem=[],
+    )
+
+
+class Controller:
+    """Owns the pre-boot configuration and, after InstanceStart, the Machine.
+
+    ``builder_fn(config, build_options) -> Machine`` is ``vmm.builder.build_microvm`` in
+    production and ``sparkler.testing.fake_machine.FakeBuilder`` in tests. ``build_options``
+    is passed through (with ``serial_out`` replaced when PUT /serial named a file).
+    """
+
+    def __init__(
+        self,
+        builder_fn: Callable[[VmmConfig, Any], Any],
+        build_options: Any = None,
+        instance_id: str = "anonymous-instance",
+        *,
+        config: VmmConfig | None = None,
+        channel: Channel | None = None,
+        hooks: ControllerHooks | None = None,
+        metrics_initialized: bool = False,
+        vmm_version: str = A.FIRECRACKER_VERSION,
+    ) -> None:
+        self.builder_fn = builder_fn
+        self.build_options = build_options
+        self.instance_id = instance_id
+        self.channel = channel
+        self.hooks = hooks or ControllerHooks()
+        self.vmm_version = vmm_version
+        self.config: VmmConfig = config if config is not None else initial_config()
+        if self.config.machine_config is None:
+            self.config = msgspec.structs.replace(self.config, machine_config=MachineConfig())
+        self.serial: Any = None
+        self.machine: Any = None
+        # --metrics-path (or an earlier PUT /metrics) initialised metrics: PUT /metrics fails.
+        self.metrics_initialized = metrics_initialized
+
+    # --- entry points -------------------------------------------------------------------------
+    @property
+    def booted(self) -> bool:
+        return self.machine is not None
+
+    @property
+    def state(self) -> str:
+        return NOT_STARTED if self.machine is None else str(self.machine.state)
+
+    def handle(self, action: Any) -> A.VmmData | A.VmmActionError:
+        """Apply one action; the configuration is unchanged when an error is returned."""
+        try:
+            return self._apply(action)
+        except A.VmmActionError as e:
+            return e
+        except Exception as e:  # noqa: BLE001 - a bug must not kill the VMM thread
+            return A.InternalVmmError(f"{type(e).__name__}: {e}")
+
+    def process_channel(self) -> int:
+        """Answer every action waiting on the channel (call when ``channel.fd`` is readable)."""
+        if self.channel is None:
+            return 0
+        return self.channel.process(self.handle)
+
+    # --- the phase table ----------------------------------------------------------------------
+    def _apply(self, action: Any) -> A.VmmData:
+        booted = self.booted
+        match action:
+            case A.GetInstanceInfo():
+                return A.InstanceInfoData(self.instance_id, self.state, self.vmm_version)
+            case A.GetVersion():
+                return A.VersionData(self.vmm_version)
+            case A.GetMachineConfig():
+                return A.MachineConfigData(self.config.machine)
+            case A.GetVmConfig():
+                return A.VmConfigData(self.config)
+            case A.StartMicroVm() if not booted:
+                return self._start()
+            case A.SendCtrlAltDel() | A.FlushMetrics() | A.PatchVmState() if not booted:
+                raise A.OperationNotSupportedPreBoot()
+            case A.SendCtrlAltDel():
+                return self._machine_call("send_ctrl_alt_del")
+            case A.FlushMetrics():
+                return self._flush_metrics()
+            case A.PatchVmState(state="Paused"):
+                return self._timed("pause vm", "pause")
+            case A.PatchVmState(state="Resumed"):
+                return self._timed("resume vm", "resume")
+            case _ if booted:
+                raise A.OperationNotSupportedPostBoot()
+            case A.PutBootSource(config=boot_source):
+                return self._put_boot_source(boot_source)
+            case A.PutMachineConfig():
+                return self._put_machine_config(action)
+            case A.PatchMachineConfig(update=update):
+                return self._patch_machine(update)
+            case A.PutCpuConfig(config=cpu_config):
+                return self._put_cpu_config(cpu_config)
+            case A.PutLogger(config=logger):
+                return self._put_logger(logger)
+            case A.PutMetrics(config=metrics):
+                return self._put_metrics(metrics)
+            case A.PutSerial(config=serial):
+                return self._put_serial(serial)
+        raise A.InternalVmmError(f"unknown action {type(action).__name__}")
+
+    # --- pre-boot configuration ---------------------------------------------------------------
+    def _swap(self, **changes: Any) -> A.Empty:
+        self.config = msgspec.structs.replace(self.config, **changes)
+        return A.Empty()
+
+    def _put_boot_source(self, boot_source: Any) -> A.VmmData:
+        try:
+            boot_source.validate()
+        except ConfigError as e:
+            raise A.BootSourceError(str(e)) from None
+        # Firecracker opens the images now, so a bad path fails this request, not the boot.
+        _check_readable(boot_source.kernel_image_path, "The kernel file cannot be opened")
+        if boot_source.initrd_path is not None:
+            _check_readable(boot_source.initrd_path, "The initrd file cannot be opened")
+        return self._swap(boot_source=boot_source)
+
+    def _put_machine_config(self, action: A.PutMachineConfig) -> A.VmmData:
+        new = action.config
+        cpu_config = self.config.cpu_config
+        if not action.sets_cpu_template:
+            # An omitted cpu_template keeps the current one (static or custom).
+            new = msgspec.structs.replace(new, cpu_template=self.config.machine.cpu_template)
+        else:
+            cpu_config = None  # a static template (or "None") replaces a custom one
+        return self._set_machine(new, cpu_config=cpu_config)
+
+    def _patch_machine(self, update: Any) -> A.VmmData:
+        try:
+            new = update.apply(self.config.machine)
+        except ConfigError as e:
+            raise A.MachineConfigError(str(e)) from None
+        return self._set_machine(new)
+
+    def _set_machine(self, new: MachineConfig, **extra: Any) -> A.VmmData:
+        if new.cpu_template == "None":
+            new = msgspec.structs.replace(new, cpu_template=None)
+            extra.setdefault("cpu_config", None)
+        elif new.cpu_template is not None:
+            extra.setdefault("cpu_config", None)
+        try:
+            new.validate()
+        except ConfigError as e:
+            raise A.MachineConfigError(str(e)) from None
+        return self._swap(machine_config=new, **extra)
+
+    def _put_cpu_config(self, cpu_config: Any) -> A.VmmData:
+        machine = msgspec.structs.replace(self.config.machine, cpu_template=None)
+        return self._swap(cpu_config=msgspec.to_builtins(cpu_config), machine_config=machine)
+
+    def _put_logger(self, logger: LoggerConfig) -> A.VmmData:
+        # Omitted fields keep their value, except level, which resets to Info.
+        current = self.config.logger or LoggerConfig()
+        changes = {f: getattr(logger, f) for f in logger.__struct_fields__ if getattr(logger, f) is not None}
+        changes.setdefault("level", "Info")
+        merged = msgspec.structs.replace(current, **changes)
+        if self.hooks.configure_logger is not None:
+            try:
+                self.hooks.configure_logger(merged)
+            except (OSError, ValueError, SparklerError) as e:
+                raise A.LoggerError(_describe(e)) from None
+        return self._swap(logger=merged)
+
+    def _put_metrics(self, metrics: Any) -> A.VmmData:
+        if self.metrics_initialized:
+            raise A.MetricsError(A.METRICS_REINIT)
+        if self.hooks.configure_metrics is not None:
+            try:
+                self.hooks.configure_metrics(metrics)
+            except (OSError, ValueError, SparklerError) as e:
+                raise A.MetricsError(_describe(e)) from None
+        self.metrics_initialized = True
+        return self._swap(metrics=metrics)
+
+    def _put_serial(self, serial: Any) -> A.VmmData:
+        if serial.rate_limiter is not None:
+            raise A.SerialConfigError(
+                "rate_limiter: serial output rate limiting is not supported by this version of Sparkler yet."
+            )
+        self.serial = serial
+        return A.Empty()
+
+    # --- boot ---------------------------------------------------------------------------------
+    def _start(self) -> A.VmmData:
+        if self.config.boot_source is None:
+            raise A.StartMicrovmError(A.MISSING_KERNEL)
+        options, serial_fd = self._options_with_serial()
+        try:
+            machine = self.builder_fn(self.config, options)
+        except (SparklerError, OSError, ValueError) as e:
+            _close_quietly(serial_fd)
+            raise A.StartMicrovmError(_describe(e)) from None
+        try:
+            machine.start()
+        except (SparklerError, OSError, ValueError, RuntimeError) as e:
+            machine.stop()
+            _close_quietly(serial_fd)
+            raise A.StartMicrovmError(_describe(e)) from None
+        self.machine = machine
+        if self.hooks.on_started is not None:
+            self.hooks.on_started(machine)
+        return A.Empty()
+
+    def _options_with_serial(self) -> tuple[Any, int | None]:
+        """Build options with serial output sent to PUT /serial's file (opened now)."""
+        path = getattr(self.serial, "serial_out_path", None)
+        if path is None:
+            return self.build_options, None
+        try:
+            # Firecracker: created if absent, O_NONBLOCK so a FIFO without reader cannot block.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise A.StartMicrovmError(f"Cannot open the serial output file {path}: {e.strerror}") from None
+        options = self.build_options
+        if dataclasses.is_dataclass(options) and hasattr(options, "serial_out"):
+            options = dataclasses.replace(options, serial_out=fd)  # type: ignore[arg-type]
+        return options, fd
+
+    # --- post-boot ----------------------------------------------------------------------------
+    def _machine_call(self, method: str) -> A.VmmData:
+        try:
+            getattr(self.machine, method)()
+        except (SparklerError, OSError, ValueError, RuntimeError, KeyError) as e:
+            raise A.InternalVmmError(_describe(e)) from None
+        return A.Empty()
+
+    def _timed(self, label: str, method: str) -> A.VmmData:
+        started = time.monotonic_ns()
+        result = self._machine_call(method)
+        if self.hooks.log is not None:
+            self.hooks.log(f"'{label}' API request took {(time.monotonic_ns() - started) // 1000} us.")
+        return result
+
+    def _flush_metrics(self) -> A.VmmData:
+        if self.hooks.flush_metrics is not None:
+            try:
+                self.hooks.flush_metrics()
+            except (OSError, ValueError, SparklerError) as e:
+                raise A.MetricsError(f"Cannot flush the metrics: {_describe(e)}") from None
+        return A.Empty()
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        where = f" ({error.filename})" if error.filename else ""
+        return f"{error.strerror} (os error {error.errno}){where}"
+    return str(error)
+
+
+def _check_readable(path: str, what: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise A.BootSourceError(f"{what}: {e.strerror} (os error {e.errno})") from None
+    os.close(fd)
+
+
+def _close_quietly(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+__all__ = ["Controller", "ControllerHooks", "initial_config"]
