@@ -302,6 +302,11 @@ class ApiServer:
                     )
             elif isinstance(event, h11.EndOfMessage):
                 self._respond(client)
+                if not client.closed and client.h11.our_state is h11.MUST_CLOSE:
+                    # Connection: close (or HTTP/1.0): h11 answered with Connection: close.
+                    client.close_when_flushed = True
+                    self._flush(client)
+                    return
             elif isinstance(event, h11.ConnectionClosed):
                 client.close_when_flushed = True
                 self._flush(client)
@@ -311,6 +316,9 @@ class ApiServer:
         method = request.method.decode("ascii", "replace")
         if method not in self._router.METHODS:
             self._parse_error(client, self._faults.unsupported_method_reason())
+            return
+        if request.http_version not in (b"1.0", b"1.1"):
+            self._parse_error(client, "Invalid HTTP Version: Unsupported HTTP version.")
             return
         length = _content_length(request)
         if length is not None and length > self.max_payload:
