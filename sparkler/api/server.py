@@ -47,6 +47,13 @@ PR_SET_NAME = 15  # <linux/prctl.h>
 
 def set_thread_name(name: str) -> None:
     """Set the kernel-visible name of the calling thread (Python 3.11's Thread(name=) does not)."""
+    try:  # the shared helper also refreshes the logger's cached thread name
+        from sparkler.host.thread_name import prctl_set_name
+    except ImportError:
+        pass
+    else:
+        prctl_set_name(name)
+        return
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -129,13 +136,20 @@ class ApiServer:
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> threading.Thread:
-        """Serve on a new daemon thread named ``fc_api``."""
-        self._thread = threading.Thread(target=self._thread_main, name=THREAD_NAME, daemon=True)
+        """Serve on a new daemon thread named ``fc_api``; returns once the thread is named."""
+        named = threading.Event()
+        self._thread = threading.Thread(
+            target=self._thread_main, args=(named,), name=THREAD_NAME, daemon=True
+        )
         self._thread.start()
+        named.wait(5)
         return self._thread
 
-    def _thread_main(self) -> None:
-        set_thread_name(THREAD_NAME)
+    def _thread_main(self, named: threading.Event) -> None:
+        try:
+            set_thread_name(THREAD_NAME)
+        finally:
+            named.set()
         self.serve_forever()
 
     def serve_forever(self) -> None:
