@@ -87,4 +87,76 @@ class FakeBuilder:
         return self.machines[-1] if self.machines else None
 
 
-__all__ = ["FakeBuilder", "FakeMachine"]
+class FakeVmm:
+    """A complete API process in-process: ApiServer (fc_api thread) + channel + Controller on a
+    VMM thread, building FakeMachines. For SDK and API tests that need a live socket.
+
+    ``with FakeVmm(path) as vmm: ...``; ``vmm.builder`` and ``vmm.controller`` are inspectable.
+    """
+
+    def __init__(
+        self, socket_path: str, *, instance_id: str = "anonymous-instance", max_payload: int = 51200
+    ):
+        from sparkler.api.server import ApiServer
+        from sparkler.vmm.channel import Channel
+        from sparkler.vmm.controller import Controller
+
+        self.socket_path = str(socket_path)
+        self.channel = Channel()
+        self.builder = FakeBuilder()
+        self.controller = Controller(self.builder, instance_id=instance_id, channel=self.channel)
+        self.server = ApiServer(self.socket_path, self.channel.call, max_payload=max_payload)
+        self._stop = threading.Event()
+        self._vmm_thread = threading.Thread(target=self._vmm_loop, name="fake_vmm", daemon=True)
+
+    def _vmm_loop(self) -> None:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self.channel.fd, selectors.EVENT_READ)
+        while not self._stop.is_set():
+            if sel.select(0.05):
+                self.controller.process_channel()
+        sel.close()
+
+    def start(self) -> FakeVmm:
+        self.server.start()
+        self._vmm_thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self._stop.set()
+        self._vmm_thread.join(2)
+        self.channel.close()
+
+    def __enter__(self) -> FakeVmm:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sparkler.testing.fake_machine --api-sock PATH [--id ID]``: serve until SIGTERM."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--api-sock", required=True)
+    parser.add_argument("--id", default="anonymous-instance")
+    args = parser.parse_args(argv)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    with FakeVmm(args.api_sock, instance_id=args.id):
+        try:
+            done.wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+__all__ = ["FakeBuilder", "FakeMachine", "FakeVmm", "main"]
+
+if __name__ == "__main__":
+    raise SystemExit(main())
