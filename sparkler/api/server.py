@@ -168,10 +168,15 @@ class ApiServer:
                 self._stopping = True
             else:
                 client: _Client = key.data
-                if events & selectors.EVENT_WRITE and not client.closed:
-                    self._flush(client)
-                if events & selectors.EVENT_READ and not client.closed:
-                    self._on_readable(client)
+                try:
+                    if events & selectors.EVENT_WRITE and not client.closed:
+                        self._flush(client)
+                    if events & selectors.EVENT_READ and not client.closed:
+                        self._on_readable(client)
+                except Exception as e:  # noqa: BLE001 - one bad connection must not stop the API
+                    if self.log is not None:
+                        self.log(f"API connection dropped after an internal error: {type(e).__name__}: {e}")
+                    self._close(client)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Stop the serving thread (if any), close every socket and remove the socket file."""
