@@ -22,6 +22,20 @@ every PUT/PATCH of config   yes        error
 ==========================  =========  ===========
 
 ``handle`` never raises: failures come back as ``VmmActionError`` values.
+
+Wiring (the runtime's job; the VMM thread is the main thread)::
+
+    channel = Channel()
+    controller = Controller(build_microvm, build_options, instance_id, channel=channel,
+                            config=file_config_or_None, hooks=ControllerHooks(...),
+                            metrics_initialized=bool(options.metrics_path))
+    server = ApiServer(api_sock, channel.call, max_payload=options.http_api_max_payload_size)
+    if file_config_or_None is not None:          # --config-file: boot before serving requests
+        controller.handle(StartMicroVm())
+    server.start()                               # thread fc_api
+    # pre-boot: select on channel.fd and call controller.process_channel() until controller.booted;
+    # post-boot: run_event_loop(controller.machine, extra=[(channel.fd, controller.process_channel)])
+    server.shutdown(); channel.close()
 """
 
 from __future__ import annotations
