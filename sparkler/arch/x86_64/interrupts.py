@@ -16,9 +16,8 @@ def _set_delivery_mode(reg: int, mode: int) -> int:
 
 def set_lint(vcpu: object) -> None:
     lapic = vcpu.get_lapic()  # type: ignore[attr-defined]
-    regs = bytearray(lapic.regs)
+    regs = bytearray(bytes(lapic))  # the whole struct: kvm_lapic_state is just the register page
     for offset, mode in ((APIC_LVT0, APIC_MODE_EXTINT), (APIC_LVT1, APIC_MODE_NMI)):
         value = struct.unpack_from("<I", regs, offset)[0]
         struct.pack_into("<I", regs, offset, _set_delivery_mode(value, mode))
-    lapic.regs = bytes(regs)
-    vcpu.set_lapic(lapic)  # type: ignore[attr-defined]
+    vcpu.set_lapic(type(lapic).from_buffer_copy(regs))  # type: ignore[attr-defined]
