@@ -17,11 +17,31 @@ Every transition that makes an interrupt pending pulses the Trigger (an irqfd ed
 In loopback mode (MCR bit 4) transmitted bytes return as received bytes and MSR mirrors MCR, which
 the 8250 autoconfig probe checks. The output sink and the input source are adapters, so the
 register machine itself does no I/O.
+
+Interrupt state table (IIR value reported, highest priority first; bits 0xC0 added once FCR bit 0
+has enabled the FIFOs)::
+
+    condition                                   IIR    cleared by
+    IER bit 0 and receive FIFO not empty        0x04   reading RBR until the FIFO is empty
+    IER bit 1 and THRE pending                  0x02   reading IIR (when reported) / writing THR
+    nothing                                     0x01   -
+
+Counters (Firecracker's ``uart`` group): ``read_count`` guest reads of RBR, ``write_count`` bytes the
+guest transmitted, ``missed_read_count`` input bytes dropped because the 64-byte receive FIFO was
+full, ``missed_write_count`` output bytes dropped because the sink would block, ``error_count``
+accesses that are not one byte wide plus output errors other than EAGAIN, ``flush_count`` and
+``rate_limiter_dropped_bytes`` stay 0 (no buffered writer, no rate limiter here).
+
+Threading: the vCPU thread calls ``read``/``write``, the stdin pump calls ``enqueue_input``; one lock
+serialises them.
 """
 
 from __future__ import annotations
 
 import os
+import select
+import stat
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,10 +89,17 @@ class SerialStatistics:
     missed_write_count: int
     read_count: int
     write_count: int
+    rate_limiter_dropped_bytes: int = 0
 
 
 class Serial:
+    """The 16550A register machine. ``out(data) -> bool`` receives transmitted bytes (False = dropped,
+    an ``OSError`` = output error); ``None`` discards output."""
+
     def __init__(self, trigger: Trigger, out: Callable[[bytes], bool] | None = None) -> None:
+        self._lock = threading.Lock()
+        self.space_available = threading.Event()  # set while the receive FIFO has room
+        self.space_available.set()
         self._trigger = trigger
         self._out = out
         self.ier = 0
@@ -88,16 +115,19 @@ class Serial:
 
     # --- guest side -------------------------------------------------------------------------
     def read(self, offset: int, data: memoryview) -> None:
-        value = self._read_reg(offset) if len(data) == 1 else 0
-        data[0] = value
-        if len(data) > 1:
-            data[1:] = bytes(len(data) - 1)
+        with self._lock:
+            if len(data) == 1:
+                data[0] = self._read_reg(offset)
+                return
+            self._counts["error_count"] += 1
+            data[:] = bytes(len(data))
 
     def write(self, offset: int, data: bytes) -> None:
-        if len(data) != 1:
-            self._counts["error_count"] += 1
-            return
-        self._write_reg(offset, data[0])
+        with self._lock:
+            if len(data) != 1:
+                self._counts["error_count"] += 1
+                return
+            self._write_reg(offset, data[0])
 
     def _read_reg(self, offset: int) -> int:
         dlab = self.lcr & LCR_DLAB
@@ -106,9 +136,9 @@ class Serial:
                 return self.divisor & 0xFF
             self._counts["read_count"] += 1
             if not self.rx:
-                self._counts["missed_read_count"] += 1
                 return 0
             value = self.rx.popleft()
+            self.space_available.set()
             return value
         if offset == IER:
             return (self.divisor >> 8) & 0xFF if dlab else self.ier
@@ -149,6 +179,7 @@ class Serial:
             self.fifo_enabled = bool(value & FCR_FIFO_ENABLE)
             if value & FCR_CLEAR_RX:
                 self.rx.clear()
+                self.space_available.set()
         elif offset == LCR:
             self.lcr = value
         elif offset == MCR:
@@ -162,8 +193,12 @@ class Serial:
             self._receive(bytes([value]))
         else:
             self._counts["write_count"] += 1
-            if self._out is not None and not self._out(bytes([value])):
-                self._counts["missed_write_count"] += 1
+            if self._out is not None:
+                try:
+                    if not self._out(bytes([value])):
+                        self._counts["missed_write_count"] += 1
+                except OSError:
+                    self._counts["error_count"] += 1
         self.thre_pending = True
         self._update_interrupt()
 
@@ -194,24 +229,32 @@ class Serial:
 
     # --- host side ---------------------------------------------------------------------------
     def _receive(self, data: bytes) -> int:
-        accepted = 0
-        for b in data:
-            if len(self.rx) >= RX_FIFO_SIZE:
-                self.overrun = True
-                break
-            self.rx.append(b)
-            accepted += 1
+        accepted = min(len(data), RX_FIFO_SIZE - len(self.rx))
+        self.rx.extend(data[:accepted])
+        if accepted < len(data):
+            self.overrun = True
+            self._counts["missed_read_count"] += len(data) - accepted
+        if len(self.rx) >= RX_FIFO_SIZE:
+            self.space_available.clear()
         return accepted
 
     def enqueue_input(self, data: bytes) -> int:
-        """Queue console input for the guest; returns how many bytes fit in the receive FIFO."""
-        accepted = self._receive(data)
-        if accepted:
-            self._update_interrupt()
-        return accepted
+        """Queue console input for the guest; returns how many bytes fit in the receive FIFO (the
+        rest is dropped and counted in ``missed_read_count``). Raises the interrupt when enabled."""
+        with self._lock:
+            accepted = self._receive(data)
+            if accepted:
+                self._update_interrupt()
+            return accepted
+
+    def input_space(self) -> int:
+        """Free bytes in the receive FIFO (read no more than this from the input source)."""
+        with self._lock:
+            return RX_FIFO_SIZE - len(self.rx)
 
     def statistics(self) -> SerialStatistics:
-        return SerialStatistics(**self._counts)
+        with self._lock:
+            return SerialStatistics(**self._counts)
 
 
 class SerialOutput:
@@ -235,9 +278,73 @@ class SerialOutput:
                 pass
 
     def __call__(self, data: bytes) -> bool:
+        """Write ``data``; False when it would block (dropped). Other errors raise ``OSError``."""
         try:
             return os.write(self.fd, data) == len(data)
-        except (BlockingIOError, BrokenPipeError):
+        except BlockingIOError:
             return False
+
+
+def input_allowed(fd: int) -> bool:
+    """Firecracker reads console input only from a terminal or a FIFO (never a file or /dev/null)."""
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return os.isatty(fd) or stat.S_ISFIFO(mode)
+
+
+class SerialInputPump:
+    """Moves bytes from an input fd (stdin) into the UART, never more than the FIFO can hold.
+
+    ``run()`` is the body of an I/O thread: it returns at EOF, on an error, or once ``stop()`` was
+    called (a self-pipe wakes the ``select``). ``pump_once()`` does one non-blocking step for tests
+    and event loops: returns False at EOF.
+    """
+
+    def __init__(self, serial: Serial, fd: int) -> None:
+        self.serial = serial
+        self.fd = fd
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._stopped = False
+
+    def pump_once(self) -> bool:
+        space = self.serial.input_space()
+        if space == 0:
+            return True
+        try:
+            data = os.read(self.fd, space)
+        except BlockingIOError:
+            return True
+        if not data:
+            return False
+        self.serial.enqueue_input(data)
+        return True
+
+    def run(self) -> None:
+        try:
+            while not self._stopped:
+                if not self.serial.space_available.wait(timeout=0.1):
+                    continue
+                ready, _, _ = select.select([self.fd, self._wake_r], [], [])
+                if self._stopped or self._wake_r in ready:
+                    return
+                if not self.pump_once():
+                    return
         except OSError:
-            return False
+            return
+
+    def stop(self) -> None:
+        """Ask ``run()`` to return (call ``close()`` after joining the thread)."""
+        self._stopped = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Close the wake-up pipe (not the input fd)."""
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
