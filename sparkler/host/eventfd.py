@@ -6,6 +6,11 @@ import os
 
 
 class EventFd:
+    """``os.eventfd`` with EFD_CLOEXEC, plus EFD_NONBLOCK unless ``nonblocking=False``.
+
+    Usable with select/epoll (``fileno``) and as a context manager; ``close`` is idempotent.
+    """
+
     def __init__(self, initval: int = 0, nonblocking: bool = True) -> None:
         flags = os.EFD_CLOEXEC | (os.EFD_NONBLOCK if nonblocking else 0)
         self.fd = os.eventfd(initval, flags)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-BOOT_TIMER_MAGIC = 123
+BOOT_TIMER_MAGIC = 123  # == arch.x86_64.layout.BOOT_TIMER_MAGIC (devices may not import arch)
 
 
 def format_boot_time(wall_us: int, cpu_us: int) -> str:
@@ -17,6 +17,8 @@ def format_boot_time(wall_us: int, cpu_us: int) -> str:
 
 
 class BootTimer:
+    """MMIO device; ``fired`` counts how often the guest wrote the magic byte."""
+
     def __init__(self, on_boot: Callable[[], None]) -> None:
         self._on_boot = on_boot
         self.fired = 0
