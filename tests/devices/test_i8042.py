@@ -163,3 +163,16 @@ def test_i8042_statistics_fields_match_firecracker_group() -> None:
     assert set(type(dev.statistics()).__dataclass_fields__) == {
         "error_count", "missed_read_count", "missed_write_count", "read_count", "reset_count", "write_count",
     }
+
+
+def test_i8042_reset_callable_runs_without_device_lock() -> None:
+    seen: list[int] = []
+    trig = CountingTrigger()
+    dev: I8042
+
+    def reset() -> None:  # another thread would need the lock; reading here must not deadlock
+        seen.append(rd(dev, k.OFS_STATUS))
+
+    dev = I8042(reset, trig)
+    wr(dev, k.OFS_STATUS, 0xFE)
+    assert seen == [k.SB_KBD_ENABLED]

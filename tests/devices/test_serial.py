@@ -384,3 +384,18 @@ def test_serial_input_pump_thread_stops_on_request() -> None:
         pump.close()
         os.close(r)
         os.close(w)
+
+
+def test_serial_linux_startup_thre_bug_probe_finds_no_bug() -> None:
+    """serial8250_do_startup's UART_BUG_TXEN / UART_BUG_THRE detection sequence."""
+    dev, _ = make([])
+    wr(dev, s.IER, s.IER_THRE)
+    lsr = rd(dev, s.LSR)
+    iir = rd(dev, s.IIR)
+    wr(dev, s.IER, 0)
+    wr(dev, s.IER, s.IER_THRE)
+    iir1 = rd(dev, s.IIR)
+    wr(dev, s.IER, 0)
+    assert not (lsr & s.LSR_TEMT and iir & s.IIR_NONE)  # no UART_BUG_TXEN
+    assert not (not iir1 & s.IIR_NONE and iir & s.IIR_NONE)  # no UART_BUG_THRE
+    assert iir == iir1 == 0x02

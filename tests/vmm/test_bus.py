@@ -6,6 +6,8 @@ import ast
 import inspect
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sparkler.vmm import bus as bus_module
 from sparkler.vmm.bus import Bus, MmioBus, PioBus
@@ -109,3 +111,23 @@ def test_bus_module_imports_no_device_module() -> None:
     names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert not [n for n in names if "devices" in n]
+
+
+@given(st.lists(st.tuples(st.integers(0, 0x400), st.integers(1, 0x40)), max_size=30), st.integers(0, 0x480))
+def test_bus_lookup_matches_linear_scan(ranges: list[tuple[int, int]], addr: int) -> None:
+    b = Bus()
+    accepted: list[tuple[int, int, Recorder]] = []
+    for base, length in ranges:
+        dev = Recorder()
+        overlaps = any(base < e and bb < base + length for bb, e, _ in accepted)
+        if overlaps:
+            with pytest.raises(ValueError):
+                b.insert(dev, base, length)
+        else:
+            b.insert(dev, base, length)
+            accepted.append((base, base + length, dev))
+    expected = [(d, addr - bb) for bb, e, d in accepted if bb <= addr < e]
+    assert b.read(addr, memoryview(bytearray(1))) == bool(expected)
+    if expected:
+        dev, off = expected[0]
+        assert dev.reads == [(off, 1)]

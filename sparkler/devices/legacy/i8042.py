@@ -72,10 +72,12 @@ class I8042Statistics:
 
 
 class I8042:
-    """The controller. ``reset()`` is called on the vCPU thread when the guest pulses the reset line."""
+    """The controller. ``reset()`` is called on the vCPU thread (without the device lock held) when the
+    guest pulses the reset line."""
 
     def __init__(self, reset: Callable[[], None], trigger: Trigger) -> None:
         self._lock = threading.RLock()
+        self._reset_requested = False
         self._reset = reset
         self._trigger = trigger
         self.status = SB_KBD_ENABLED
@@ -129,7 +131,11 @@ class I8042:
 
     def write(self, offset: int, data: bytes) -> None:
         with self._lock:
+            self._reset_requested = False
             self._write(offset, data)
+            reset = self._reset_requested
+        if reset:
+            self._reset()  # outside the lock: the callable may stop the machine
 
     def _write(self, offset: int, data: bytes) -> None:
         if len(data) != 1:
@@ -148,7 +154,7 @@ class I8042:
     def _command(self, value: int) -> None:
         if value == CMD_RESET_CPU:
             self._counts["reset_count"] += 1
-            self._reset()
+            self._reset_requested = True
         elif value == CMD_READ_CTR:
             self._safe_push(self.control)
         elif value == CMD_WRITE_CTR or value == CMD_WRITE_OUTP:
