@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import statistics
 import subprocess
@@ -37,21 +36,15 @@ def _config(kernel: pathlib.Path, args: str, tmp: pathlib.Path) -> pathlib.Path:
 
 
 def _cmd(cfg: pathlib.Path) -> list[str]:
-    # The real interpreter with -S -I skips site start-up, as a packaged VMM would.
-    return [sys.executable, "-I", "-S", "-c", "import sys; from sparkler.cli import main; sys.exit(main())",
+    # -I: isolated mode (no environment, no user site), as a packaged VMM would run.
+    return [sys.executable, "-I", "-c", "import sys; from sparkler.cli import main; sys.exit(main())",
             "--no-api", "--config-file", str(cfg), "--level", "Error"]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(pathlib.Path(__file__).resolve().parent.parent)
-    return env
 
 
 def one_run(cfg: pathlib.Path) -> tuple[float, float]:
     """(seconds to the first guest byte, seconds to process exit)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(_cmd(cfg), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(), cwd="/")
+    proc = subprocess.Popen(_cmd(cfg), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/")
     assert proc.stdout is not None
     first = proc.stdout.read(1)
     t_first = time.perf_counter() - t0
@@ -64,7 +57,7 @@ def one_run(cfg: pathlib.Path) -> tuple[float, float]:
 
 
 def idle_overhead(cfg: pathlib.Path) -> dict[str, int]:
-    proc = subprocess.Popen(_cmd(cfg), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_env(), cwd="/")
+    proc = subprocess.Popen(_cmd(cfg), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/")
     try:
         assert proc.stdout is not None
         proc.stdout.read(3)  # "SE\n": the guest is now halted
