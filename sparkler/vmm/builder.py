@@ -131,7 +131,9 @@ def _build(config: VmmConfig, mc: Any, options: BuildOptions, cleanup: ExitStack
     closeables.append(serial_irq)
     vm.register_irqfd(serial_irq, layout.IRQ_SERIAL_COM1)
     serial_out_fd = options.serial_out if options.serial_out is not None else 1
-    serial = Serial(serial_irq, SerialOutput(serial_out_fd))
+    serial_output = SerialOutput(serial_out_fd)
+    closeables.append(serial_output)  # gives the console fd its blocking mode back at exit
+    serial = Serial(serial_irq, serial_output)
     pio_bus.insert(serial, layout.PORT_COM1, layout.PORT_COM1_SIZE)
     devices["serial"] = serial
 
