@@ -16,6 +16,12 @@ from sparkler.kvm.vm import VmFd
 
 KVM_DEVICE = "/dev/kvm"
 PVM_MODULE = "/sys/module/kvm_pvm"
+# Firecracker's required capability set (checked before any VM is created).
+REQUIRED_CAPS = (
+    "KVM_CAP_IRQCHIP", "KVM_CAP_IOEVENTFD", "KVM_CAP_IRQFD", "KVM_CAP_USER_MEMORY", "KVM_CAP_SET_TSS_ADDR",
+    "KVM_CAP_PIT2", "KVM_CAP_PIT_STATE2", "KVM_CAP_ADJUST_CLOCK", "KVM_CAP_DEBUGREGS", "KVM_CAP_MP_STATE",
+    "KVM_CAP_VCPU_EVENTS", "KVM_CAP_XCRS", "KVM_CAP_XSAVE", "KVM_CAP_EXT_CPUID",
+)
 CPUID_MAX_ENTRIES = 256  # KVM_GET_SUPPORTED_CPUID fails with E2BIG below what the host has (84 here)
 
 
@@ -48,7 +54,7 @@ class Kvm:
     def check_extension(self, cap: int) -> int:
         return ioctl(self.fd, uapi.KVM_CHECK_EXTENSION, cap)
 
-    def require(self, caps: Iterable[str | int]) -> None:
+    def require(self, caps: Iterable[str | int] = REQUIRED_CAPS) -> None:
         """Raise KvmError naming every capability in ``caps`` the host lacks."""
         missing = []
         for cap in caps:
@@ -56,7 +62,8 @@ class Kvm:
             if self.check_extension(number) <= 0:
                 missing.append(cap if isinstance(cap, str) else uapi.CAPABILITY_NAMES.get(cap, f"capability {cap}"))
         if missing:
-            raise KvmError("Missing KVM capabilities: " + ", ".join(str(m) for m in missing))
+            noun = "capability" if len(missing) == 1 else "capabilities"
+            raise KvmError(f"Missing KVM {noun}: " + ", ".join(str(m) for m in missing))
 
     def vcpu_mmap_size(self) -> int:
         return ioctl(self.fd, uapi.KVM_GET_VCPU_MMAP_SIZE)

@@ -5,6 +5,8 @@ Pure functions over copies of ``kvm_cpuid_entry2`` lists; no KVM calls here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sparkler.kvm.uapi import kvm_cpuid_entry2
 
 # Leaf 1
@@ -95,3 +97,47 @@ def find(entries: list[kvm_cpuid_entry2], function: int, index: int = 0) -> kvm_
     return None
 
 
+# --- kvm-pvm hosts: hide what the guest would see natively but KVM does not support -----------------
+# Linux feature words (arch/x86/include/asm/cpufeatures.h): word -> (leaf, subleaf, register).
+LINUX_FEATURE_WORDS: dict[int, tuple[int, int, str]] = {
+    0: (0x1, 0, "edx"),
+    1: (0x8000_0001, 0, "edx"),
+    4: (0x1, 0, "ecx"),
+    6: (0x8000_0001, 0, "ecx"),
+    9: (0x7, 0, "ebx"),
+    16: (0x7, 0, "ecx"),
+    18: (0x7, 0, "edx"),
+}
+X86_FEATURE_ERMS = 9 * 32 + 9
+X86_FEATURE_FSRM = 18 * 32 + 4
+# Hiding these makes memmove use a flag-dependent loop that kvm-pvm's emulator corrupts
+# (python-kvm-notes item 14); `rep movsb` is emulated correctly.
+KEEP_VISIBLE = frozenset({X86_FEATURE_ERMS, X86_FEATURE_FSRM})
+PVM_FIXED_ARGS = "noxsave nopv no-kvmclock"
+
+RawCpuid = Callable[[int, int], tuple[int, int, int, int]]
+_REG_INDEX = {"eax": 0, "ebx": 1, "ecx": 2, "edx": 3}
+
+
+def hidden_feature_bits(supported: list[kvm_cpuid_entry2], raw: RawCpuid) -> list[int]:
+    """Linux feature bit numbers the host CPU has but KVM does not offer (minus KEEP_VISIBLE)."""
+    bits: list[int] = []
+    for word, (leaf, subleaf, reg) in sorted(LINUX_FEATURE_WORDS.items()):
+        entry = find(supported, leaf, subleaf)
+        offered = getattr(entry, reg) if entry is not None else 0
+        host = raw(leaf, subleaf)[_REG_INDEX[reg]]
+        extra = host & ~offered & 0xFFFF_FFFF
+        bits.extend(word * 32 + b for b in range(32) if extra >> b & 1 and word * 32 + b not in KEEP_VISIBLE)
+    return bits
+
+
+def pvm_cmdline_additions(supported: list[kvm_cpuid_entry2], raw: RawCpuid | None = None) -> str:
+    """Guest command-line words for a stock kernel on kvm-pvm (python-kvm-notes items 10-14a).
+
+    ``raw`` reads host CPUID (default: :func:`sparkler.host.cpuid_raw.cpuid`); tests pass a fake.
+    """
+    if raw is None:
+        from sparkler.host.cpuid_raw import cpuid as raw
+    bits = hidden_feature_bits(supported, raw)
+    words = [f"clearcpuid={','.join(str(b) for b in bits)}"] if bits else []
+    return " ".join([*words, PVM_FIXED_ARGS])
