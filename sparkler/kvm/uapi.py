@@ -254,6 +254,7 @@ KVM_CAP_IMMEDIATE_EXIT = 136
 CAPABILITY_NAMES = {v: k for k, v in list(globals().items()) if k.startswith("KVM_CAP_")}
 
 # --- ioctls -------------------------------------------------------------------------------------
+_BEFORE_IOCTLS = set(globals())
 # System ioctls (on /dev/kvm).
 KVM_GET_API_VERSION = _IO(KVMIO, 0x00)
 KVM_CREATE_VM = _IO(KVMIO, 0x01)
@@ -289,8 +290,10 @@ KVM_SET_MP_STATE = _IOW(KVMIO, 0x99, sizeof(kvm_mp_state))
 KVM_GET_VCPU_EVENTS = _IOR(KVMIO, 0x9F, sizeof(kvm_vcpu_events))
 KVM_SET_VCPU_EVENTS = _IOW(KVMIO, 0xA0, sizeof(kvm_vcpu_events))
 
-IOCTL_NAMES = {v: k for k, v in list(globals().items()) if k.startswith("KVM_") and k.isupper()
-               and isinstance(v, int) and v > 0xFFFF}
+IOCTL_NAMES: dict[int, str] = {
+    v: k for k, v in list(globals().items()) if k.startswith("KVM_") and k not in _BEFORE_IOCTLS
+}
+del _BEFORE_IOCTLS
 
 
 def cpuid_buffer(entries: list[kvm_cpuid_entry2] | int) -> ctypes.Array[ctypes.c_char]:
