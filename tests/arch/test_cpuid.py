@@ -1,0 +1,75 @@
+"""CPUID normalisation and the kvm-pvm clearcpuid list, on synthetic tables (no KVM)."""
+
+from __future__ import annotations
+
+from sparkler.arch.x86_64 import cpuid
+from sparkler.kvm.uapi import kvm_cpuid_entry2
+
+
+def _e(function: int, index: int = 0, eax: int = 0, ebx: int = 0, ecx: int = 0, edx: int = 0) -> kvm_cpuid_entry2:
+    return kvm_cpuid_entry2(function=function, index=index, eax=eax, ebx=ebx, ecx=ecx, edx=edx)
+
+
+def _table() -> list[kvm_cpuid_entry2]:
+    return [
+        _e(0x0, eax=0xD),
+        _e(0x1, eax=0xA10F11, ebx=0xFF_12_34_56, ecx=cpuid.ECX_PDCM | 1, edx=cpuid.EDX_HTT | 1),
+        _e(0x6, eax=0x7, ecx=0xF),
+        _e(0x7, 0, ebx=1 << 9, ecx=cpuid.ECX_WAITPKG | 1, edx=1 << 4),
+        _e(0xA, eax=0x7300403),
+        _e(0xB, 0), _e(0xB, 1), _e(0xB, 2),
+        _e(0x8000_0008, ecx=0xF0FF),
+    ]
+
+
+def test_normalize_is_pure() -> None:
+    table = _table()
+    before = [bytes(e) for e in table]
+    cpuid.normalize(table, 1, 2, False)
+    assert [bytes(e) for e in table] == before
+
+
+def test_leaf1() -> None:
+    out = cpuid.normalize(_table(), 3, 4, False)
+    leaf = cpuid.find(out, 1)
+    assert leaf is not None
+    assert leaf.ebx >> 24 == 3 and (leaf.ebx >> 16) & 0xFF == 4 and (leaf.ebx >> 8) & 0xFF == 8
+    assert leaf.ebx & 0xFF == 0x56  # brand index kept
+    assert not leaf.ecx & cpuid.ECX_PDCM
+    assert leaf.ecx & cpuid.ECX_TSC_DEADLINE and leaf.ecx & cpuid.ECX_HYPERVISOR and leaf.ecx & 1
+    assert leaf.edx & cpuid.EDX_HTT
+    single = cpuid.find(cpuid.normalize(_table(), 0, 1, False), 1)
+    assert single is not None and not single.edx & cpuid.EDX_HTT
+
+
+def test_topology_leaf_0xb() -> None:
+    out = cpuid.normalize(_table(), 1, 2, True)
+    smt, core, invalid = (cpuid.find(out, 0xB, i) for i in range(3))
+    assert smt is not None and core is not None and invalid is not None
+    assert (smt.eax, smt.ebx, smt.ecx >> 8, smt.edx) == (1, 2, 1, 1)
+    assert (core.eax, core.ebx, core.ecx >> 8 & 0xFF, core.ecx & 0xFF, core.edx) == (1, 2, 2, 1, 1)
+    assert (invalid.eax, invalid.ebx, invalid.ecx >> 8) == (0, 0, 0)
+    no_smt = cpuid.find(cpuid.normalize(_table(), 0, 2, False), 0xB, 0)
+    assert no_smt is not None and (no_smt.eax, no_smt.ebx) == (0, 1)
+
+
+def test_vendor_leaves() -> None:
+    out = cpuid.normalize(_table(), 0, 4, False)
+    pmu, thermal, ext7, amd = (cpuid.find(out, f) for f in (0xA, 0x6, 0x7, 0x8000_0008))
+    assert pmu is not None and (pmu.eax, pmu.ebx, pmu.ecx, pmu.edx) == (0, 0, 0, 0)
+    assert thermal is not None and not thermal.eax & cpuid.EAX_TURBO and not thermal.ecx & cpuid.ECX_EPB
+    assert ext7 is not None and ext7.ecx == 1
+    assert amd is not None and amd.ecx & 0xFF == 3 and (amd.ecx >> 12) & 0xF == 2
+
+
+def test_pvm_cmdline_hides_unsupported_but_keeps_erms_fsrm() -> None:
+    supported = [_e(0x1, ecx=0x1, edx=0xFF), _e(0x7, 0, ebx=0, ecx=0, edx=0)]
+    host = {
+        (0x1, 0): (0, 0, 0x1 | 1 << 23, 0xFF | 1 << 28),  # POPCNT (4*32+23), HTT (0*32+28)
+        (0x7, 0): (0, 1 << 9 | 1 << 5, 0, 1 << 4),  # ERMS (kept), AVX2 (9*32+5), FSRM (kept)
+        (0x8000_0001, 0): (0, 0, 0, 0),
+    }
+    result = cpuid.pvm_cmdline_additions(supported, lambda leaf, sub: host.get((leaf, sub), (0, 0, 0, 0)))
+    assert result == "clearcpuid=28,151,293 noxsave nopv no-kvmclock"
+    nothing = cpuid.pvm_cmdline_additions(supported, lambda leaf, sub: (0, 0, 0, 0))
+    assert nothing == "noxsave nopv no-kvmclock"
