@@ -113,7 +113,10 @@ class ApiServer:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         max_connections: int = MAX_CONNECTIONS,
         log: Callable[[str], None] | None = None,
+        on_request: Callable[[str, str, int, bool], None] | None = None,
     ) -> None:
+        """``on_request(method, path, status, deprecated)`` is called once per answered request
+        (the runtime counts API metrics with it)."""
         from sparkler.api import bodies, faults, router
         from sparkler.vmm import actions
 
@@ -123,6 +126,7 @@ class ApiServer:
         self.max_payload = max_payload
         self.max_connections = max_connections
         self.log = log
+        self.on_request = on_request
         self._listener = bind_api_socket(path)
         self._inode = os.stat(path).st_ino
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -363,6 +367,8 @@ class ApiServer:
         self._log_request(method, path, body)
 
         status, payload, deprecated = self.answer(method, path, body)
+        if self.on_request is not None:
+            self.on_request(method, path, status, deprecated)
         headers = [self._faults.SERVER_HEADER, (b"Connection", b"keep-alive")]
         if deprecated:
             headers.append(self._faults.DEPRECATION_HEADER)

@@ -10,11 +10,22 @@ started before the first request is served, as Firecracker does.
 from __future__ import annotations
 
 import selectors
+import time
 from typing import TYPE_CHECKING
 
 from sparkler import logger as log
 from sparkler.errors import SparklerError
-from sparkler.vmm.runtime import EXIT_GENERIC, EXIT_OK, build_options, run_event_loop
+from sparkler.metrics import METRICS
+from sparkler.vmm.runtime import (
+    EXIT_GENERIC,
+    EXIT_OK,
+    build_options,
+    final_metrics_flush,
+    metrics_started,
+    periodic_metrics,
+    run_event_loop,
+    setup_process,
+)
 from sparkler.vmm.runtime_options import RunOptions
 
 if TYPE_CHECKING:
@@ -30,8 +41,19 @@ def run(options: RunOptions, config: VmmConfig | None) -> int:
     from sparkler.vmm.vcpu import install_kick_handler
 
     install_kick_handler()
+    try:
+        metrics_initialized = setup_process(options, config)
+    except SparklerError as e:
+        log.error(str(e))
+        return EXIT_GENERIC
     channel = Channel()
-    hooks = ControllerHooks(configure_logger=log.update, log=log.info)
+    hooks = ControllerHooks(
+        configure_logger=log.update,
+        configure_metrics=METRICS.configure,
+        flush_metrics=METRICS.write,
+        on_started=metrics_started,
+        log=_log_and_record_latency,
+    )
     controller = Controller(
         build_microvm,
         build_options(options),
@@ -39,7 +61,7 @@ def run(options: RunOptions, config: VmmConfig | None) -> int:
         channel=channel,
         config=config,
         hooks=hooks,
-        metrics_initialized=bool(options.metrics_path),
+        metrics_initialized=metrics_initialized,
     )
     if config is not None:
         result = controller.handle(actions.StartMicroVm())
@@ -50,7 +72,11 @@ def run(options: RunOptions, config: VmmConfig | None) -> int:
         log.info("Successfully started microvm that was configured from one single json")
     try:
         server = ApiServer(
-            options.api_sock, channel.call, max_payload=options.http_api_max_payload_size, log=log.info
+            options.api_sock,
+            channel.call,
+            max_payload=options.http_api_max_payload_size,
+            log=log.info,
+            on_request=METRICS.count_api_request,
         )
     except (OSError, SparklerError) as e:
         log.error(f"Failed to open the API socket at {options.api_sock}: {e}")
@@ -60,17 +86,46 @@ def run(options: RunOptions, config: VmmConfig | None) -> int:
         return EXIT_GENERIC
     server.start()
     log.info("API server started.")
+    _report_startup_time(options)
     try:
         if not _wait_for_boot(controller, channel):
             return EXIT_OK
         machine = controller.machine
+        timer, extra = periodic_metrics()
         try:
-            return run_event_loop(machine, extra=[(channel.fd, controller.process_channel)])
+            return run_event_loop(machine, extra=[(channel.fd, controller.process_channel), *extra])
         finally:
+            timer.close()  # type: ignore[attr-defined]
+            final_metrics_flush()
             machine.stop()
     finally:
         server.shutdown()
         channel.close()
+
+
+def _log_and_record_latency(message: str) -> None:
+    """The controller's Info lines; ``'pause vm' API request took N us.`` also sets
+    ``latencies_us.pause_vm`` and ``vmm_pause_vm`` (same for resume)."""
+    log.info(message)
+    for label, key in (("'pause vm'", "pause_vm"), ("'resume vm'", "resume_vm")):
+        if message.startswith(label + " API request took "):
+            try:
+                us = int(message.rsplit(" took ", 1)[1].split()[0])
+            except (IndexError, ValueError):
+                return
+            METRICS.store("latencies_us", key, us)
+            METRICS.store("latencies_us", "vmm_" + key, us)
+
+
+def _report_startup_time(options: RunOptions) -> None:
+    """``api_server.process_startup_time_us`` / ``_cpu_us`` (need ``--start-time-us`` /
+    ``--start-time-cpu-us``; ``--parent-cpu-time-us`` is added to the CPU time)."""
+    if options.start_time_us is not None:
+        now_us = time.monotonic_ns() // 1000
+        METRICS.store("api_server", "process_startup_time_us", max(0, now_us - options.start_time_us))
+    if options.start_time_cpu_us is not None:
+        cpu_us = time.process_time_ns() // 1000 - options.start_time_cpu_us + (options.parent_cpu_time_us or 0)
+        METRICS.store("api_server", "process_startup_time_cpu_us", max(0, cpu_us))
 
 
 def _wait_for_boot(controller: object, channel: object) -> bool:

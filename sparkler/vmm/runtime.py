@@ -45,6 +45,58 @@ def build_options(options: RunOptions) -> object:
     )
 
 
+def setup_process(options: RunOptions, config: VmmConfig | None) -> bool:
+    """Firecracker's start-up steps 4 and 6: signal handlers, then ``--metrics-path`` (or the config
+    file's ``metrics``). Returns whether metrics are initialised; raises SparklerError when the
+    metrics destination cannot be opened."""
+    from sparkler import metrics
+    from sparkler.errors import ConfigError
+    from sparkler.host import signals
+
+    signals.install(metrics.METRICS, log.error, log.info)
+    metrics.METRICS.clear_sources()
+    metrics.METRICS.set_instance_id(options.instance_id)
+    metrics.METRICS.add_source("logger", metrics.logger_source(log.statistics))
+    metrics_config = config.metrics if config is not None else None
+    try:
+        if options.metrics_path:
+            metrics.METRICS.init(options.metrics_path)
+        elif metrics_config is not None:
+            metrics.METRICS.configure(metrics_config)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"Failed to initialize the metrics system: {getattr(e, 'strerror', None) or e}") from None
+    return metrics.METRICS.initialized
+
+
+def metrics_started(machine: Machine) -> None:
+    """The VM is built: register its metrics sources and write the first line (Firecracker flushes
+    right after the build, then every 60 s)."""
+    from sparkler import metrics
+
+    metrics.attach_machine(metrics.METRICS, machine)
+    metrics.METRICS.flush_quietly()
+
+
+def periodic_metrics() -> tuple[object, list[tuple[int, object]]]:
+    """A 60 s timer for the event loop: ``(timer, extra)``; close the timer after the loop."""
+    from sparkler import metrics
+
+    timer = metrics.PeriodicTimer()
+
+    def on_timer() -> None:
+        if timer.acknowledge():
+            metrics.METRICS.flush_quietly()
+
+    return timer, [(timer.fd, on_timer)]
+
+
+def final_metrics_flush() -> None:
+    """Flush at exit (Firecracker writes the metrics when the Vmm is dropped)."""
+    from sparkler import metrics
+
+    metrics.METRICS.flush_quietly()
+
+
 def run_from_config(config: VmmConfig, options: RunOptions) -> int:
     """The ``--no-api`` path: build from the config file, run until the guest stops."""
     from sparkler.vmm.builder import build_microvm
@@ -52,15 +104,24 @@ def run_from_config(config: VmmConfig, options: RunOptions) -> int:
 
     install_kick_handler()
     try:
+        setup_process(options, config)
+    except SparklerError as e:
+        log.error(str(e))
+        return EXIT_GENERIC
+    try:
         machine = build_microvm(config, build_options(options))  # type: ignore[arg-type]
     except SparklerError as e:
         log.error(f"Could not Start MicroVM from one single json: {e}")
         return EXIT_GENERIC
     machine.start()
     log.info("Successfully started microvm that was configured from one single json")
+    metrics_started(machine)
+    timer, extra = periodic_metrics()
     try:
-        return run_event_loop(machine)
+        return run_event_loop(machine, extra=extra)
     finally:
+        timer.close()  # type: ignore[attr-defined]
+        final_metrics_flush()
         machine.stop()
 
 
@@ -113,4 +174,13 @@ def run_api(options: RunOptions, config: VmmConfig | None) -> int:
     return api_runtime.run(options, config)
 
 
-__all__ = ["RunOptions", "run_from_config", "run_api", "run_event_loop"]
+__all__ = [
+    "RunOptions",
+    "final_metrics_flush",
+    "metrics_started",
+    "periodic_metrics",
+    "run_api",
+    "run_event_loop",
+    "run_from_config",
+    "setup_process",
+]
