@@ -53,13 +53,55 @@ def test_topology_leaf_0xb() -> None:
     assert no_smt is not None and (no_smt.eax, no_smt.ebx) == (0, 1)
 
 
-def test_vendor_leaves() -> None:
-    out = cpuid.normalize(_table(), 0, 4, False)
-    pmu, thermal, ext7, amd = (cpuid.find(out, f) for f in (0xA, 0x6, 0x7, 0x8000_0008))
+def _with_vendor(name: bytes) -> list[kvm_cpuid_entry2]:
+    table = _table()
+    ebx, edx, ecx = (int.from_bytes(name[i : i + 4], "little") for i in (0, 4, 8))
+    table[0] = _e(0x0, eax=0xD, ebx=ebx, ecx=ecx, edx=edx)
+    return table
+
+
+def test_vendor_detection() -> None:
+    assert cpuid.vendor(_with_vendor(b"AuthenticAMD")) == b"AuthenticAMD"
+    assert cpuid.vendor(_table()) == b"\0" * 12
+
+
+def test_intel_leaves() -> None:
+    table = _with_vendor(b"GenuineIntel") + [_e(0x4, 0, eax=0x121), _e(0x4, 3, eax=0x163), _e(0x1F, 0), _e(0x1F, 1)]
+    out = cpuid.normalize(table, 0, 4, False)
+    pmu, thermal, ext7 = (cpuid.find(out, f) for f in (0xA, 0x6, 0x7))
     assert pmu is not None and (pmu.eax, pmu.ebx, pmu.ecx, pmu.edx) == (0, 0, 0, 0)
     assert thermal is not None and not thermal.eax & cpuid.EAX_TURBO and not thermal.ecx & cpuid.ECX_EPB
     assert ext7 is not None and ext7.ecx == 1
+    assert ext7.ebx & cpuid.EBX_FDP_EXCPTN_ONLY and ext7.ebx & cpuid.EBX_ZERO_FCS_FDS
+    l1, l3 = cpuid.find(out, 0x4, 0), cpuid.find(out, 0x4, 3)
+    assert l1 is not None and l3 is not None
+    assert (l1.eax >> 14) & 0xFFF == 0 and l1.eax >> 26 == 3 and (l3.eax >> 14) & 0xFFF == 3
+    v2 = cpuid.find(out, 0x1F, 1)
+    assert v2 is not None and v2.ebx == 4
+
+
+def test_amd_leaves() -> None:
+    table = _with_vendor(b"AuthenticAMD") + [
+        _e(0x8000_0001), _e(0x8000_001D, 0, eax=0x121), _e(0x8000_001D, 3, eax=0x4163), _e(0x8000_001E)
+    ]
+    table[3].edx |= cpuid.AMD_EDX_ARCH_CAPABILITIES
+    out = cpuid.normalize(table, 3, 4, True)
+    ext7, amd, ext1, ext_apic = (cpuid.find(out, f) for f in (0x7, 0x8000_0008, 0x8000_0001, 0x8000_001E))
+    assert ext7 is not None and not ext7.edx & cpuid.AMD_EDX_ARCH_CAPABILITIES and ext7.ecx == 1
     assert amd is not None and amd.ecx & 0xFF == 3 and (amd.ecx >> 12) & 0xF == 2
+    assert ext1 is not None and ext1.ecx & cpuid.AMD_ECX_TOPOEXT
+    assert ext_apic is not None and (ext_apic.eax, ext_apic.ebx, ext_apic.ecx) == (3, 0x101, 0)
+    l1, l3 = cpuid.find(out, 0x8000_001D, 0), cpuid.find(out, 0x8000_001D, 3)
+    assert l1 is not None and l3 is not None
+    assert (l1.eax >> 14) & 0xFFF == 1 and (l3.eax >> 14) & 0xFFF == 3 and l3.eax & 0x3FFF == 0x163
+
+
+def test_leaf_0xb_subleaf_1_inserted() -> None:
+    table = [e for e in _table() if not (e.function == 0xB and e.index > 0)]
+    out = cpuid.normalize(table, 1, 2, False)
+    core = cpuid.find(out, 0xB, 1)
+    assert core is not None and core.ebx == 2 and core.edx == 1 and core.flags & 1
+    assert [(e.function, e.index) for e in out if e.function == 0xB] == [(0xB, 0), (0xB, 1)]
 
 
 def test_pvm_cmdline_hides_unsupported_but_keeps_erms_fsrm() -> None:
