@@ -28,24 +28,6 @@ from sparkler.vmm.bus import Bus
 from sparkler.vmm.machine import Machine
 from sparkler.vmm.vcpu import Vcpu
 
-# Capabilities Firecracker requires before it builds a VM (catalog section 4.2).
-REQUIRED_CAPS = (
-    "KVM_CAP_IRQCHIP",
-    "KVM_CAP_IOEVENTFD",
-    "KVM_CAP_IRQFD",
-    "KVM_CAP_USER_MEMORY",
-    "KVM_CAP_SET_TSS_ADDR",
-    "KVM_CAP_PIT2",
-    "KVM_CAP_PIT_STATE2",
-    "KVM_CAP_ADJUST_CLOCK",
-    "KVM_CAP_DEBUGREGS",
-    "KVM_CAP_MP_STATE",
-    "KVM_CAP_VCPU_EVENTS",
-    "KVM_CAP_XCRS",
-    "KVM_CAP_XSAVE",
-    "KVM_CAP_EXT_CPUID",
-)
-
 PVM_HOST_WARNING = (
     "Host /dev/kvm is PVM (kvm_pvm, no hardware virtualisation): only PVM-enabled guest kernels run "
     "natively here. Other guest kernel code runs in KVM's instruction emulator (about 1 us per "
@@ -87,7 +69,7 @@ def _build(config: VmmConfig, mc: Any, options: BuildOptions, cleanup: ExitStack
 
     kvm = kvm_system.Kvm()
     cleanup.callback(kvm.close)
-    kvm.require(REQUIRED_CAPS)
+    kvm.require()  # Firecracker's required capability set
     if kvm_system.host_kind() == "pvm":
         log.warn(PVM_HOST_WARNING)
 
@@ -175,4 +157,4 @@ def _build(config: VmmConfig, mc: Any, options: BuildOptions, cleanup: ExitStack
     return machine
 
 
-__all__ = ["BuildOptions", "build_microvm", "REQUIRED_CAPS", "PVM_HOST_WARNING"]
+__all__ = ["BuildOptions", "build_microvm", "PVM_HOST_WARNING"]
