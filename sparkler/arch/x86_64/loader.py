@@ -69,7 +69,9 @@ class _Image:
     def __init__(self, path: str, what: str) -> None:
         self.path = path
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO (or a device) given as a kernel must not hang the VMM in open();
+            # it is rejected below as not a regular file. It changes nothing for regular files.
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             raise LoaderError(f"The {what} file {path} does not exist.") from None
         except PermissionError:
@@ -80,6 +82,8 @@ class _Image:
             st = os.fstat(fd)
             if stat.S_ISDIR(st.st_mode):
                 raise LoaderError(f"The {what} file {path} is a directory.")
+            if not stat.S_ISREG(st.st_mode):
+                raise LoaderError(f"The {what} file {path} is not a regular file.")
             self.size = st.st_size
             self._map = mmap.mmap(fd, self.size, prot=mmap.PROT_READ) if self.size else None
         except OSError as e:
@@ -247,6 +251,8 @@ def load_initrd(memory: GuestMemory, path: str, kernel_end: int) -> tuple[int, i
     """Copy the initrd to the top of the first RAM region; returns (guest address, size)."""
     with _Image(path, "initrd") as image:
         size = image.size
+        if size == 0:  # Firecracker rejects an empty initrd too ("seek returned a size of zero")
+            raise LoaderError(f"The initrd file {path} is empty.")
         top = memory.regions[0].end
         gpa = (top - size) & ~(INITRD_ALIGN - 1) if size <= top else -1
         if gpa < kernel_end:
@@ -254,6 +260,5 @@ def load_initrd(memory: GuestMemory, path: str, kernel_end: int) -> tuple[int, i
                 f"The initrd {path} ({size} bytes) does not fit in guest memory above the kernel "
                 f"(kernel ends at {kernel_end:#x}, low memory ends at {top:#x}); increase mem_size_mib."
             )
-        if size:
-            memory.slice(gpa, size)[:] = image.data
+        memory.slice(gpa, size)[:] = image.data
         return gpa, size
