@@ -43,7 +43,11 @@ class Kvm:
             raise UnsupportedHost(f"{path} is not accessible: permission denied (add the user to group kvm)") from None
         except OSError as e:
             raise UnsupportedHost(f"Cannot open {path}: {e.strerror}") from None
-        version = self.api_version()
+        try:
+            version = self.api_version()
+        except KvmError as e:  # not a KVM device (ENOTTY): do not leak the fd
+            self.close()
+            raise UnsupportedHost(f"{path} is not a KVM device: {e}") from None
         if version != uapi.KVM_API_VERSION:
             self.close()
             raise UnsupportedHost(f"KVM API version {version} is not supported (need {uapi.KVM_API_VERSION})")
@@ -58,8 +62,8 @@ class Kvm:
         """Raise KvmError naming every capability in ``caps`` the host lacks."""
         missing = []
         for cap in caps:
-            number = getattr(uapi, cap) if isinstance(cap, str) else cap
-            if self.check_extension(number) <= 0:
+            number = getattr(uapi, cap, None) if isinstance(cap, str) and cap.startswith("KVM_CAP_") else cap
+            if not isinstance(number, int) or self.check_extension(number) <= 0:
                 missing.append(cap if isinstance(cap, str) else uapi.CAPABILITY_NAMES.get(cap, f"capability {cap}"))
         if missing:
             noun = "capability" if len(missing) == 1 else "capabilities"

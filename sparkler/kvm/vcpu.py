@@ -23,7 +23,11 @@ class VcpuFd:
     def __init__(self, fd: int, index: int, mmap_size: int) -> None:
         self.fd = fd
         self.index = index
-        self._run_map = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            self._run_map = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as e:
+            os.close(fd)
+            raise KvmError(f"Cannot map kvm_run of vCPU {index}: {e.strerror}") from e
         self._run = memoryview(self._run_map)
 
     # --- running -----------------------------------------------------------------------------
@@ -91,7 +95,10 @@ class VcpuFd:
 
     def get_msrs(self, indices: list[int]) -> list[tuple[int, int]]:
         buf = uapi.msrs_buffer([(i, 0) for i in indices])
-        ioctl(self.fd, uapi.KVM_GET_MSRS, buf)
+        read = ioctl(self.fd, uapi.KVM_GET_MSRS, buf)
+        if read != len(indices):
+            # KVM stops at the first MSR it cannot read and leaves the rest untouched (zero)
+            raise KvmError(f"KVM_GET_MSRS failed: MSR {indices[read]:#x} could not be read")
         return uapi.msrs_values(buf)
 
     def close(self) -> None:
