@@ -52,6 +52,9 @@ class GuestMemory:
         self.regions: tuple[GuestRegion, ...] = tuple(regions)
         self._starts = [r.gpa for r in regions]
         self._views = [memoryview(r.mapping) for r in regions]
+        # True when every region is private anonymous memory (create()): there a page dropped with
+        # MADV_DONTNEED reads back as zeros on the next touch, which zero() relies on.
+        self._anonymous = False
 
     @classmethod
     def create(cls, layout: list[tuple[int, int]], *, populate: bool = False) -> GuestMemory:
@@ -72,7 +75,9 @@ class GuestMemory:
             host_addr = ctypes.addressof(anchor)
             del anchor
             regions.append(GuestRegion(gpa, size, mapping, host_addr))
-        return cls(regions)
+        memory = cls(regions)
+        memory._anonymous = True
+        return memory
 
     # --- geometry -----------------------------------------------------------------------------
     @property
@@ -122,6 +127,29 @@ class GuestMemory:
 
     def fill(self, gpa: int, length: int, value: int = 0) -> None:
         self.slice(gpa, length)[:] = bytes([value]) * length
+
+    def zero(self, gpa: int, length: int) -> None:
+        """Zero ``length`` bytes at ``gpa`` without committing host memory for whole pages.
+
+        Whole pages of anonymous private memory are dropped with MADV_DONTNEED (the next touch maps a
+        fresh zero page), so zeroing a kernel's bss or a large ``init_size`` area costs neither time
+        nor resident memory; partial pages at either end are written. Other mappings are written in
+        1 MiB chunks.
+        """
+        i, off = self._locate(gpa, length)
+        view = self._views[i]
+        end = off + length
+        page = mmap.PAGESIZE
+        first, last = -(-off // page) * page, end // page * page
+        if self._anonymous and last > first:
+            view[off:first] = bytes(first - off)
+            self.regions[i].mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+            view[last:end] = bytes(end - last)
+            return
+        chunk = 1 << 20
+        for start in range(off, end, chunk):
+            stop = min(start + chunk, end)
+            view[start:stop] = bytes(stop - start)
 
     def read_obj(self, gpa: int, ctype: type[ctypes.Structure]) -> ctypes.Structure:
         """A copy of the ctypes structure stored at ``gpa``."""

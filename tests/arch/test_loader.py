@@ -159,6 +159,36 @@ def test_load_kernel_bzimage_init_size_area_zeroed(memory, tmp_path):
     assert memory.read(layout.HIMEM_START + 512, 0x10000 - 512) == bytes(0x10000 - 512)
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_load_kernel_bzimage_large_init_size_commits_no_host_memory(tmp_path):
+    mem = GuestMemory.create(layout.ram_regions(512 * MIB))  # fresh: nothing resident yet
+    path = _write(tmp_path, make_bzimage(b"\x90" * 4096, init_size=256 * MIB))
+    try:
+        before = _rss_bytes()
+        result = load_kernel(mem, path)
+        grown = _rss_bytes() - before
+    finally:
+        mem.close()
+
+    assert result.kernel_end == layout.HIMEM_START + 256 * MIB
+    assert grown < 32 * MIB, f"zeroing the init_size area made {grown >> 20} MiB resident"
+
+
+def test_load_kernel_elf_bss_over_dirty_whole_pages_reads_zero(memory, tmp_path):
+    memory.fill(0x300_0000, 0x10_0000, 0xEE)  # 1 MiB of dirty, resident pages
+    image = make_elf([(0x300_0000 + 0x10, b"\x01" * 0x20, 0x10_0000 - 0x10)], 0x300_0010)
+
+    load_kernel(memory, _write(tmp_path, image))
+
+    assert memory.read(0x300_0000, 0x10) == b"\xee" * 0x10  # before the segment: untouched
+    assert memory.read(0x300_0010, 0x20) == b"\x01" * 0x20
+    assert memory.read(0x300_0030, 0x10_0000 - 0x30) == bytes(0x10_0000 - 0x30)
+
+
 # --- file errors ----------------------------------------------------------------------------
 
 

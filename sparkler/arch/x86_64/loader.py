@@ -136,10 +136,9 @@ def _copy_in(memory: GuestMemory, image: _Image, gpa: int, offset: int, filesz: 
             f"({memory.total_size >> 20} MiB); increase mem_size_mib."
         )
     try:
-        dst = memory.slice(gpa, memsz)
-        dst[:filesz] = image.data[offset : offset + filesz]
-        if memsz > filesz:
-            dst[filesz:] = bytes(memsz - filesz)
+        memory.write(gpa, image.data[offset : offset + filesz])
+        if memsz > filesz:  # bss / the bzImage init_size area: zero pages are dropped, not written
+            memory.zero(gpa + filesz, memsz - filesz)
     except GuestFault as e:  # pragma: no cover - contains() was checked above
         raise image.fail(str(e)) from None
 
