@@ -152,6 +152,40 @@ def test_load_kernel_elf_any_byte_flipped_loads_or_raises_loader_error(memory, k
     _check(memory, kernel_path, _mutate(VALID_ELF, offset, "<B", value))
 
 
+@st.composite
+def _valid_segments(draw: st.DrawFn) -> list[tuple[int, bytes, int]]:
+    """1-3 non-overlapping segments in [1 MiB, 64 MiB), each with file data and maybe bss."""
+    count = draw(st.integers(1, 3))
+    slots = draw(st.lists(st.integers(1, 62), min_size=count, max_size=count, unique=True))
+    segments = []
+    for slot in sorted(slots):
+        paddr = slot * MIB + draw(st.integers(0, 0xFFFF))
+        data = draw(st.binary(min_size=1, max_size=512))
+        bss = draw(st.sampled_from([0, 1, 0xFFF, 0x1000, 0x12345, 0x80000]))
+        segments.append((paddr, data, len(data) + bss))
+    return segments
+
+
+@SETTINGS
+@given(segments=_valid_segments(), entry_index=st.integers(0, 2), dirty=st.integers(1, 255))
+def test_load_kernel_valid_random_elf_lands_exactly(memory, kernel_path, segments, entry_index, dirty):
+    paddr, data, memsz = segments[entry_index % len(segments)]
+    entry = paddr + len(data) - 1
+    for p, _d, m in segments:
+        memory.fill(p, m, dirty)  # whatever a previous example left there must be overwritten
+    with open(kernel_path, "wb") as f:
+        f.write(make_elf(segments, entry))
+
+    result = load_kernel(memory, kernel_path)
+
+    assert result.entry == entry
+    assert result.kernel_start == segments[0][0]
+    assert result.kernel_end == max(p + m for p, _d, m in segments)
+    for p, d, m in segments:
+        assert memory.read(p, len(d)) == d
+        assert memory.read(p + len(d), m - len(d)) == bytes(m - len(d))
+
+
 def test_load_kernel_valid_images_load(memory, kernel_path):
     """The unmutated images load, so the properties above exercise more than the error paths."""
     for image in (VALID_ELF, VALID_BZIMAGE):
