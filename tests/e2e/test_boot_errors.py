@@ -220,6 +220,24 @@ def test_vmm_missing_initrd_exits_with_error(kvm, tmp_path, probe_kernel):
     _assert_failed(outcome, f"The initrd file {initrd} does not exist")
 
 
+def test_vmm_boot_args_too_long_exits_with_error(kvm, tmp_path, probe_kernel):
+    config = _config(probe_kernel)
+    config["boot-source"]["boot_args"] = "a" * 2048  # 2049 bytes with the NUL; 2048 fit
+
+    outcome = _run_vmm(tmp_path, _config_file(tmp_path, config))
+
+    _assert_failed(outcome, "Invalid boot arguments", "2048 bytes")
+
+
+def test_vmm_boot_args_not_printable_exits_with_error(kvm, tmp_path, probe_kernel):
+    config = _config(probe_kernel)
+    config["boot-source"]["boot_args"] = "console=ttyS0\treboot=k"
+
+    outcome = _run_vmm(tmp_path, _config_file(tmp_path, config))
+
+    _assert_failed(outcome, "Invalid boot arguments", "printable ASCII")
+
+
 # --- configuration errors (caught before KVM is touched) ------------------------------------
 
 
