@@ -147,6 +147,28 @@ def test_vcpu_run_real_mode_rep_outsb_ioout_count_matches_data() -> None:
         assert out == b"hello"
 
 
+def test_vcpu_run_real_mode_rep_insb_ioin_count_gt_1_buffer_reaches_guest() -> None:
+    # mov di,0x3000; mov cx,4; mov dx,0x60; rep insb; mov si,0x3000; mov dx,0x3f8; mov cx,4; rep outsb; hlt
+    code = bytes.fromhex("bf0030" "b90400" "ba6000" "f36c" "be0030" "baf803" "b90400" "f36e" "f4")
+    with guest([(0, 0x10000)]) as g:
+        real_mode(g, code)
+        supplied = b"wxyz"
+        given = 0
+        exit_ = run(g.vcpu)
+        while isinstance(exit_, exits.IoIn):  # one exit for the whole string, or several
+            assert exit_.port == 0x60 and exit_.size == 1 and len(exit_.buf) == exit_.count
+            exit_.buf[:] = supplied[given : given + exit_.count]
+            given += exit_.count
+            exit_ = run(g.vcpu)
+        assert given == 4
+        assert bytes(g.memory.read(0x3000, 4)) == supplied
+        echoed = b""
+        while isinstance(exit_, exits.IoOut):
+            echoed += exit_.data
+            exit_ = run(g.vcpu)
+        assert echoed == supplied and exit_ == exits.Hlt()
+
+
 def test_vm_ioeventfd_pio_datamatch_signalled_without_exit_other_value_exits() -> None:
     # mov dx,0x520; mov ax,0x1234; out dx,ax; mov ax,0x5678; out dx,ax; hlt
     code = bytes.fromhex("ba2005" "b83412" "ef" "b87856" "ef" "f4")
@@ -229,6 +251,23 @@ def test_long_mode_boot_state_guest_sees_rsi_64bit_mmio_and_lapic_lint() -> None
         sregs = g.vcpu.get_sregs()
         assert sregs.efer & regs.EFER_LMA and sregs.cs.l == 1 and sregs.cs.db == 0
         assert g.vcpu.get_regs().rip == layout.HIMEM_START + len(LONG_MODE_BLOB)
+
+
+def test_vcpu_run_long_mode_int3_pvm_emulation_failure_with_insn_bytes() -> None:
+    """INT3 at CPL0: kvm-pvm's emulator gives up (KVM_EXIT_INTERNAL_ERROR with the instruction bytes)."""
+    with guest(layout.ram_regions(16 * layout.MIB)) as g:
+        g.memory.write(layout.HIMEM_START, bytes.fromhex("90" "cc" "f4"))  # nop; int3; hlt
+        regs.setup_regs(g.vcpu, layout.HIMEM_START)
+        regs.setup_sregs(g.memory, g.vcpu)
+        exit_ = run(g.vcpu)
+        if system.host_kind() != "pvm":
+            # hardware: #BP through an IDT with no gates -> #GP -> #DF -> triple fault
+            assert isinstance(exit_, (exits.Shutdown, exits.InternalError)), exit_
+            return
+        assert isinstance(exit_, exits.InternalError), exit_
+        assert exit_.suberror == uapi.KVM_INTERNAL_ERROR_EMULATION
+        assert exit_.insn[:2] == b"\xcc\xf4" and exit_.data[0] & 1
+        assert g.vcpu.get_regs().rip == layout.HIMEM_START + 1  # stopped at the int3
 
 
 # --- kick -----------------------------------------------------------------------------------------------------
