@@ -79,7 +79,7 @@ def test_boot_params_field_documented_offset_matches(path: str, expected: int) -
     assert _offset(path) == expected, f"{path} at {_offset(path):#x}, boot.rst says {expected:#x}"
 
 
-def test_boot_params_sizes_zero_page_and_e820_entry() -> None:
+def test_boot_params_sizes_zero_page_4096_e820_entry_20() -> None:
     assert ctypes.sizeof(boot_params) == 4096
     assert ctypes.sizeof(uapi_boot.boot_e820_entry) == 20
     assert boot_params.e820_table.size == 20 * uapi_boot.E820_MAX_ENTRIES_ZEROPAGE
@@ -88,7 +88,7 @@ def test_boot_params_sizes_zero_page_and_e820_entry() -> None:
     assert boot_params.hdr.offset + ctypes.sizeof(setup_header) == boot_params._pad7.offset
 
 
-def test_boot_params_write_through_ctypes_lands_at_documented_bytes() -> None:
+def test_boot_params_ctypes_writes_land_at_documented_bytes() -> None:
     bp = boot_params()
     bp.hdr.boot_flag = uapi_boot.BOOT_FLAG_MAGIC
     bp.hdr.header = uapi_boot.HDRS_MAGIC

@@ -119,6 +119,15 @@ def test_ioctl_names_table_no_two_ioctls_share_a_number() -> None:
     assert {uapi.IOCTL_NAMES[v] for v in ioctl_consts.values()} == set(ioctl_consts)
 
 
+def test_ioctl_names_table_io_ioctls_without_size_named_constants_excluded() -> None:
+    # _IO() ioctls are small numbers (KVM_RUN = 0xae80): errors must still name them
+    for name in ("KVM_RUN", "KVM_CREATE_VM", "KVM_CREATE_VCPU", "KVM_SET_TSS_ADDR", "KVM_CREATE_IRQCHIP",
+                 "KVM_CHECK_EXTENSION", "KVM_GET_VCPU_MMAP_SIZE"):
+        assert uapi.IOCTL_NAMES[getattr(uapi, name)] == name
+    assert all(n.startswith("KVM_") and not n.startswith(("KVM_CAP_", "KVM_EXIT_")) for n in uapi.IOCTL_NAMES.values())
+    assert all(v >> 8 & 0xFF == uapi.KVMIO for v in uapi.IOCTL_NAMES)
+
+
 def test_capability_names_table_maps_each_cap_to_its_name() -> None:
     caps = {k: v for k, v in _constants().items() if k.startswith("KVM_CAP_")}
     assert len(set(caps.values())) == len(caps), "two capabilities share a number"
