@@ -1,0 +1,1 @@
+"""virtio: the split virtqueue, the device base, the virtio-mmio transport and the devices."""
