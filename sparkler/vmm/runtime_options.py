@@ -1,0 +1,78 @@
+"""What the command line decided: RunOptions (one field per Firecracker flag) and the exit codes.
+
+``cli.py`` fills a RunOptions from ``argv``; ``vmm.runtime`` (which re-exports it) consumes it. This
+module is deliberately tiny and stdlib-only so that parsing the command line costs nothing.
+
+Exit codes are Firecracker's ``FcExitCode`` values; every place that ends the process uses these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+DEFAULT_API_SOCK = "/run/firecracker.socket"
+DEFAULT_INSTANCE_ID = "anonymous-instance"
+DEFAULT_LEVEL = "Info"
+DEFAULT_HTTP_API_MAX_PAYLOAD_SIZE = 51200
+
+
+class FcExitCode(enum.IntEnum):
+    """Firecracker's process exit codes (``FcExitCode`` in src/vmm/src/lib.rs)."""
+
+    OK = 0
+    GENERIC = 1
+    UNEXPECTED = 2
+    BAD_SYSCALL = 148
+    SIGBUS = 149
+    SIGSEGV = 150
+    SIGXFSZ = 151
+    BAD_CONFIGURATION = 152
+    ARG_PARSING = 153
+    SIGXCPU = 154
+    SIGPIPE = 155
+    SIGHUP = 156
+    SIGILL = 157
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """The parsed command line. Defaults are Firecracker's.
+
+    ``mmds_size_limit`` left as None resolves to ``http_api_max_payload_size`` (Firecracker's rule).
+    ``metadata_json`` is the text of the ``--metadata`` file, read and checked to be JSON by the CLI
+    (None when the flag is absent). ``extra_args`` are the tokens after a bare ``--`` (unused by the
+    VMM; kept for completeness, the jailer forwards them).
+    """
+
+    api_sock: str = DEFAULT_API_SOCK
+    no_api: bool = False
+    config_file: str | None = None
+    boot_timer: bool = False
+    instance_id: str = DEFAULT_INSTANCE_ID
+    log_path: str | None = None
+    level: str = DEFAULT_LEVEL
+    show_level: bool = False
+    show_log_origin: bool = False
+    module: str | None = None
+    metrics_path: str | None = None
+    http_api_max_payload_size: int = DEFAULT_HTTP_API_MAX_PAYLOAD_SIZE
+    mmds_size_limit: int | None = None
+    no_seccomp: bool = False
+    seccomp_filter: str | None = None
+    start_time_us: int | None = None
+    start_time_cpu_us: int | None = None
+    parent_cpu_time_us: int | None = None
+    metadata: str | None = None
+    enable_pci: bool = False
+    describe_snapshot: str | None = None
+    snapshot_version: bool = False
+    extra_args: tuple[str, ...] = ()
+    metadata_json: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mmds_size_limit is None:
+            object.__setattr__(self, "mmds_size_limit", self.http_api_max_payload_size)
+
+
+__all__ = ["FcExitCode", "RunOptions"]
