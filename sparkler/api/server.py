@@ -41,6 +41,7 @@ DEFAULT_MAX_PAYLOAD = 51200
 THREAD_NAME = "fc_api"
 # Stop reading from a client whose unread responses exceed this (it pipelines without reading).
 _MAX_PENDING_OUTPUT = 1 << 20
+_MAX_LINGER_BYTES = 1 << 20  # input discarded after a closing answer before we hang up anyway
 _RECV_SIZE = 65536
 PR_SET_NAME = 15  # <linux/prctl.h>
 
@@ -90,7 +91,7 @@ def bind_api_socket(path: str) -> socket.socket:
 class _Client:
     """One accepted connection: socket, h11 state, the request being read, pending output."""
 
-    __slots__ = ("sock", "h11", "out", "request", "body", "close_when_flushed", "closed")
+    __slots__ = ("sock", "h11", "out", "request", "body", "close_when_flushed", "closed", "linger", "lingering", "drained")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -100,6 +101,12 @@ class _Client:
         self.body = bytearray()
         self.close_when_flushed = False
         self.closed = False
+        # After an answer that ends the connection, the write side is shut and input is read and
+        # discarded until the peer closes ("lingering close"), so a client still sending its body
+        # reads our answer instead of getting EPIPE/ECONNRESET.
+        self.linger = False  # set when we answer before reading the whole request (parse errors)
+        self.lingering = False
+        self.drained = 0
 
 
 class ApiServer:
@@ -273,9 +280,24 @@ class ApiServer:
                 return
             del client.out[:sent]
         if not client.out and client.close_when_flushed:
-            self._close(client)
+            if client.linger:
+                self._linger(client)
+            else:
+                self._close(client)
             return
         self._update_interest(client)
+
+    def _linger(self, client: _Client) -> None:
+        """Shut our side; keep reading (and discarding) until the peer closes or sends too much."""
+        if client.lingering or client.closed:
+            return
+        try:
+            client.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(client)
+            return
+        client.lingering = True
+        self._selector.modify(client.sock, selectors.EVENT_READ, client)
 
     def _on_readable(self, client: _Client) -> None:
         try:
@@ -284,6 +306,11 @@ class ApiServer:
             return
         except OSError:
             self._close(client)
+            return
+        if client.lingering:
+            client.drained += len(data)
+            if not data or client.drained > _MAX_LINGER_BYTES:
+                self._close(client)
             return
         try:
             client.h11.receive_data(data)
@@ -411,6 +438,7 @@ class ApiServer:
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
         )
         client.close_when_flushed = True
+        client.linger = True
         self._send(client, head.encode() + payload)
 
     def _log_request(self, method: str, path: str, body: bytes) -> None:
