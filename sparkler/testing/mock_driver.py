@@ -6,6 +6,9 @@ table, an available ring and a used ring for one queue, hands their addresses to
 descriptors, chain them, publish heads in the available ring, and read back used entries. Raw
 writers (``write_descriptor``, ``publish_head``, ``set_avail_idx``) let tests break every rule.
 
+``MmioDriver`` plays the register side (virtio_mmio.c): probe, feature negotiation, queue
+setup, kicks and interrupt acknowledgement against any BusDevice.
+
 Layout (all inside ``[base, base + MockDriver.footprint(size))``): descriptor table at ``base``,
 available ring right after it, used ring at the next 4-byte boundary.
 """
@@ -130,3 +133,77 @@ class MockDriver:
             out.append(_USED_ELEM.unpack(self.memory.read(self.used_ring + 4 + 8 * slot, 8)))
             self.last_used = (self.last_used + 1) & 0xFFFF
         return out
+
+
+class MmioDriver:
+    """The guest's virtio_mmio.c in miniature: register accesses on a transport (any BusDevice)."""
+
+    def __init__(self, transport) -> None:  # noqa: ANN001 - any object with read/write (BusDevice)
+        self.transport = transport
+
+    def read32(self, offset: int) -> int:
+        buf = bytearray(4)
+        self.transport.read(offset, memoryview(buf))
+        return int.from_bytes(buf, "little")
+
+    def write32(self, offset: int, value: int) -> None:
+        self.transport.write(offset, (value & 0xFFFF_FFFF).to_bytes(4, "little"))
+
+    def read_config(self, offset: int, length: int) -> bytes:
+        buf = bytearray(length)
+        self.transport.read(spec.VIRTIO_MMIO_CONFIG + offset, memoryview(buf))
+        return bytes(buf)
+
+    def device_features(self) -> int:
+        self.write32(spec.VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1)
+        high = self.read32(spec.VIRTIO_MMIO_DEVICE_FEATURES)
+        self.write32(spec.VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0)
+        return high << 32 | self.read32(spec.VIRTIO_MMIO_DEVICE_FEATURES)
+
+    def add_status(self, bit: int) -> int:
+        self.write32(spec.VIRTIO_MMIO_STATUS, self.read32(spec.VIRTIO_MMIO_STATUS) | bit)
+        return self.read32(spec.VIRTIO_MMIO_STATUS)
+
+    def write_features(self, features: int) -> None:
+        self.write32(spec.VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1)
+        self.write32(spec.VIRTIO_MMIO_DRIVER_FEATURES, features >> 32)
+        self.write32(spec.VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0)
+        self.write32(spec.VIRTIO_MMIO_DRIVER_FEATURES, features & 0xFFFF_FFFF)
+
+    def setup_queue(self, index: int, queue: MockDriver) -> None:
+        self.write32(spec.VIRTIO_MMIO_QUEUE_SEL, index)
+        self.write32(spec.VIRTIO_MMIO_QUEUE_NUM, queue.size)
+        for low, value in (
+            (spec.VIRTIO_MMIO_QUEUE_DESC_LOW, queue.desc_table),
+            (spec.VIRTIO_MMIO_QUEUE_AVAIL_LOW, queue.avail_ring),
+            (spec.VIRTIO_MMIO_QUEUE_USED_LOW, queue.used_ring),
+        ):
+            self.write32(low, value & 0xFFFF_FFFF)
+            self.write32(low + 4, value >> 32)
+        self.write32(spec.VIRTIO_MMIO_QUEUE_READY, 1)
+
+    def probe(self, queues: list[MockDriver], features: int | None = None) -> int:
+        """The whole initialization sequence (spec 3.1.1); returns the final status register.
+
+        ``features`` defaults to everything the device offers.
+        """
+        self.write32(spec.VIRTIO_MMIO_STATUS, 0)
+        self.add_status(spec.VIRTIO_CONFIG_S_ACKNOWLEDGE)
+        self.add_status(spec.VIRTIO_CONFIG_S_DRIVER)
+        self.write_features(self.device_features() if features is None else features)
+        if not self.add_status(spec.VIRTIO_CONFIG_S_FEATURES_OK) & spec.VIRTIO_CONFIG_S_FEATURES_OK:
+            return self.read32(spec.VIRTIO_MMIO_STATUS)
+        for i, queue in enumerate(queues):
+            self.setup_queue(i, queue)
+        return self.add_status(spec.VIRTIO_CONFIG_S_DRIVER_OK)
+
+    def kick(self, index: int = 0) -> None:
+        self.write32(spec.VIRTIO_MMIO_QUEUE_NOTIFY, index)
+
+    def interrupt_status(self) -> int:
+        return self.read32(spec.VIRTIO_MMIO_INTERRUPT_STATUS)
+
+    def ack_interrupt(self) -> int:
+        status = self.interrupt_status()
+        self.write32(spec.VIRTIO_MMIO_INTERRUPT_ACK, status)
+        return status
