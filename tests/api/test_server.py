@@ -85,9 +85,16 @@ def request(conn, method, path, doc=None, raw_body=None):
     return response, (json.loads(data) if data else None)
 
 
+_PENDING: dict[int, bytes] = {}  # bytes read past the end of a response, per socket (pipelining)
+
+
 def recv_response(sock):
-    """One complete response from a raw socket (headers + Content-Length body)."""
-    data = b""
+    """One complete response from a raw socket (headers + Content-Length body).
+
+    Responses to pipelined requests can arrive in one recv(); bytes past this response are kept
+    for the next call on the same socket.
+    """
+    data = _PENDING.pop(sock.fileno(), b"")
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(4096)
         if not chunk:
@@ -100,8 +107,13 @@ def recv_response(sock):
         if name.lower() == b"content-length":
             length = int(value)
     while len(rest) < length:
-        rest += sock.recv(4096)
-    return head + b"\r\n\r\n" + rest
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        rest += chunk
+    if len(rest) > length:
+        _PENDING[sock.fileno()] = rest[length:]
+    return head + b"\r\n\r\n" + rest[:length]
 
 
 # --- framing ------------------------------------------------------------------------------------
