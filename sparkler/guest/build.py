@@ -143,6 +143,7 @@ def publish(staging: Path, final: Path) -> None:
 
     If another build published ``final`` first, ours is discarded (both are equivalent).
     """
+    staging.chmod(0o755)  # mkdtemp makes it 0700; artifacts are readable by every user
     try:
         os.rename(staging, final)
     except OSError:

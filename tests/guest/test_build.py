@@ -152,6 +152,7 @@ def test_build_one_publishes_then_reuses_cache(tmp_path: Path) -> None:
     build._build_one(tmp_path, final, messages.append, produce)
     build._build_one(tmp_path, final, messages.append, produce)
     assert final.read_bytes() == b"image"
+    assert stat.S_IMODE(final.parent.stat().st_mode) == 0o755
     assert calls == ["built"]
     assert any(m.startswith("cached:") for m in messages)
     assert [p.name for p in tmp_path.iterdir()] == ["rootfs-abc"]
