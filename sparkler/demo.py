@@ -65,11 +65,11 @@ def _probe_config(vcpus: int, mem: int) -> dict[str, object]:
 def _linux_config(vcpus: int, mem: int) -> dict[str, object]:
     from sparkler.guest import build as guest_build
 
-    paths = guest_build.ensure_built()
+    paths = guest_build.build(guest_build.BuildRequest(), progress=lambda m: print(m, file=sys.stderr))
     return {
         "boot-source": {
-            "kernel_image_path": str(paths["kernel"]),
-            "initrd_path": str(paths["initramfs"]),
+            "kernel_image_path": str(paths.kernel),
+            "initrd_path": str(paths.initramfs),
             "boot_args": "console=ttyS0 reboot=k panic=1 pci=off",
         },
         "machine-config": {"vcpu_count": vcpus, "mem_size_mib": mem},
