@@ -55,7 +55,7 @@ def _probe_config(vcpus: int, mem: int) -> dict[str, object]:
     from sparkler.testing.probe import build_probe
 
     kernel = build_probe("linux")
-    args = f"console=ttyS0 reboot=k panic=1 probe.cpus={vcpus} probe.mem_mib={mem} probe.smp=1"
+    args = f"console=ttyS0 reboot=k panic=1 probe.cpus={vcpus} probe.mem_mib={mem} probe.smp=1 probe.boot_timer=1"
     return {
         "boot-source": {"kernel_image_path": str(kernel), "boot_args": args},
         "machine-config": {"vcpu_count": vcpus, "mem_size_mib": mem},
