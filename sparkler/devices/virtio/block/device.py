@@ -88,10 +88,12 @@ class BlockDevice(VirtioDevice):
 
     # --- queue processing ---------------------------------------------------------------------------
     def queue_notify(self, index: int) -> None:
-        self.counters.queue_event_count += 1
-        super().queue_notify(index)
-        if self.broken:
-            self.counters.event_fails += 1
+        with self.lock:
+            self.counters.queue_event_count += 1
+            was_broken = self.broken
+            super().queue_notify(index)
+            if self.broken and not was_broken:
+                self.counters.event_fails += 1
 
     def process_queue(self, index: int) -> None:
         queue = self.queues[index]
