@@ -197,3 +197,31 @@ def test_block_reset_and_reprobe_keeps_serving(rig, disk):
     assert done.status == OK and data == disk[1][:512]
 
 
+
+
+def test_block_mmio_reads_from_another_thread_while_serving(rig, disk):
+    """vCPU threads read registers while the VMM thread serves the queue: both go through the lock."""
+    import threading
+
+    stop = threading.Event()
+    errors = []
+
+    def vcpu():
+        try:
+            while not stop.is_set():
+                rig.mmio.read32(spec.VIRTIO_MMIO_STATUS)
+                rig.mmio.read_config(0, 8)
+                rig.mmio.ack_interrupt()
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    thread = threading.Thread(target=vcpu)
+    thread.start()
+    try:
+        for i in range(200):
+            done, data = rig.read(i % SECTORS, 512)
+            assert done.status == OK and data == disk[1][(i % SECTORS) * 512 : (i % SECTORS + 1) * 512]
+    finally:
+        stop.set()
+        thread.join()
+    assert errors == []
