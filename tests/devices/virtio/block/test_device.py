@@ -225,3 +225,14 @@ def test_block_mmio_reads_from_another_thread_while_serving(rig, disk):
         stop.set()
         thread.join()
     assert errors == []
+
+
+def test_spec_2_7_7_block_event_idx_suppresses_interrupt_until_used_event(rig):
+    assert rig.device.queues[0].event_idx  # negotiated by probe (Firecracker offers it)
+    rig.queue.set_used_event(2)  # interrupt only once used.idx moves past 2
+    rig.read(0, 512)
+    rig.read(1, 512)
+    assert rig.line.count == 0
+    rig.read(2, 512)
+    assert rig.line.count == 1
+    assert rig.queue.avail_event() == 3  # the device asks to be kicked for the next chain
