@@ -28,8 +28,11 @@ Limitations of a Python VMM (documented on purpose):
   via ctypes on top of Python's handler): a signal sent with ``kill(1)`` runs the Python handler
   (exit 149/150/157 like Firecracker), while a real fault re-faults with the default action and the
   process dies by the signal (a core dump), instead of hanging.
-* The handlers run when the main thread next executes Python code. The VMM thread spends its time in
-  ``select``/``epoll_wait``, which a signal interrupts, so this is prompt in practice.
+* The handlers run when the main thread next executes Python code. A process-directed signal is
+  delivered to *any* thread (often a vCPU or the API thread), which does not interrupt the main
+  thread's ``epoll_wait``. So ``install`` also sets ``signal.set_wakeup_fd``: the C-level handler
+  writes the signal number to a pipe whose read end (:func:`wakeup_fd`) every main-thread event loop
+  selects on, with :func:`drain_wakeup` as the callback; the Python handlers then run at once.
 
 ``install(metrics, log)`` must be called on the main thread (``signal.signal`` requires it).
 """
@@ -98,12 +101,36 @@ def install(
 ) -> SignalHandlers:
     """Install Firecracker's handlers for the whole process (call on the main thread)."""
     handlers = SignalHandlers(metrics, log_error, log_info, exit_fn)
+    global _wakeup_r
+    if _wakeup_r is None:
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        _wakeup_r = r
     for signum in FATAL_SIGNALS:
         signal.signal(signum, handlers.on_fatal)
     signal.signal(signal.SIGPIPE, handlers.on_sigpipe)
     for signum in SYNCHRONOUS_FAULTS:
         _add_resethand(signum)
     return handlers
+
+
+_wakeup_r: int | None = None
+
+
+def wakeup_fd() -> int | None:
+    """Readable when a signal arrived (on any thread); None before :func:`install`."""
+    return _wakeup_r
+
+
+def drain_wakeup() -> None:
+    """Event-loop callback for :func:`wakeup_fd`: empty the pipe (the handlers run by themselves)."""
+    if _wakeup_r is None:
+        return
+    try:
+        while os.read(_wakeup_r, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _add_resethand(signum: int) -> None:
@@ -129,4 +156,4 @@ def _add_resethand(signum: int) -> None:
         pass
 
 
-__all__ = ["FATAL_SIGNALS", "SignalHandlers", "install"]
+__all__ = ["FATAL_SIGNALS", "SignalHandlers", "drain_wakeup", "install", "wakeup_fd"]

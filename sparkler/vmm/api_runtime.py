@@ -9,6 +9,7 @@ started before the first request is served, as Firecracker does.
 
 from __future__ import annotations
 
+import dataclasses
 import selectors
 import time
 from typing import TYPE_CHECKING
@@ -19,12 +20,12 @@ from sparkler.metrics import METRICS
 from sparkler.vmm.runtime import (
     EXIT_GENERIC,
     EXIT_OK,
-    build_options,
     final_metrics_flush,
     metrics_started,
     periodic_metrics,
     run_event_loop,
     setup_process,
+    signal_wakeup,
 )
 from sparkler.vmm.runtime_options import RunOptions
 
@@ -35,12 +36,9 @@ if TYPE_CHECKING:
 def run(options: RunOptions, config: VmmConfig | None) -> int:
     from sparkler.api.server import ApiServer
     from sparkler.vmm import actions
-    from sparkler.vmm.builder import build_microvm
     from sparkler.vmm.channel import Channel
     from sparkler.vmm.controller import Controller, ControllerHooks
-    from sparkler.vmm.vcpu import install_kick_handler
 
-    install_kick_handler()
     try:
         metrics_initialized = setup_process(options, config)
     except SparklerError as e:
@@ -55,8 +53,13 @@ def run(options: RunOptions, config: VmmConfig | None) -> int:
         log=_log_and_record_latency,
     )
     controller = Controller(
-        build_microvm,
-        build_options(options),
+        _build_microvm,
+        _PendingBuildOptions(
+            boot_timer=options.boot_timer,
+            instance_id=options.instance_id,
+            start_wall_us=time.monotonic_ns() // 1000,
+            start_cpu_us=time.process_time_ns() // 1000,
+        ),
         options.instance_id,
         channel=channel,
         config=config,
@@ -128,16 +131,43 @@ def _report_startup_time(options: RunOptions) -> None:
         METRICS.store("api_server", "process_startup_time_cpu_us", max(0, cpu_us))
 
 
+@dataclasses.dataclass(frozen=True)
+class _PendingBuildOptions:
+    """``vmm.builder.BuildOptions``'s fields, without importing the builder (and with it KVM, the
+    arch code and the devices) before InstanceStart: that import is a third of the start-up time
+    to a ready API socket (bench/api_startup.py). The controller may replace ``serial_out``."""
+
+    boot_timer: bool = False
+    serial_out: int | None = None
+    serial_in: int | None = None
+    instance_id: str = "anonymous-instance"
+    start_wall_us: int | None = None
+    start_cpu_us: int | None = None
+
+
+def _build_microvm(config: VmmConfig, options: _PendingBuildOptions) -> object:
+    from sparkler.vmm.builder import BuildOptions, build_microvm
+    from sparkler.vmm.vcpu import install_kick_handler
+
+    install_kick_handler()  # the controller runs on the main thread, as signal.signal requires
+    return build_microvm(config, BuildOptions(**dataclasses.asdict(options)))
+
+
 def _wait_for_boot(controller: object, channel: object) -> bool:
     """Serve pre-boot requests until InstanceStart succeeded; False on Ctrl-C."""
     sel = selectors.DefaultSelector()
     sel.register(channel.fd, selectors.EVENT_READ)  # type: ignore[attr-defined]
+    for fd, callback in signal_wakeup():
+        sel.register(fd, selectors.EVENT_READ, callback)
     try:
         while not controller.booted:  # type: ignore[attr-defined]
             try:
-                sel.select()
+                events = sel.select()
             except KeyboardInterrupt:
                 return False
+            for key, _ in events:
+                if key.data is not None:
+                    key.data()
             controller.process_channel()  # type: ignore[attr-defined]
         return True
     finally:

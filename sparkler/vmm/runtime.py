@@ -77,8 +77,17 @@ def metrics_started(machine: Machine) -> None:
     metrics.METRICS.flush_quietly()
 
 
+def signal_wakeup() -> list[tuple[int, object]]:
+    """The signal wake-up pipe for a main-thread event loop (see sparkler.host.signals)."""
+    from sparkler.host import signals
+
+    fd = signals.wakeup_fd()
+    return [] if fd is None else [(fd, signals.drain_wakeup)]
+
+
 def periodic_metrics() -> tuple[object, list[tuple[int, object]]]:
-    """A 60 s timer for the event loop: ``(timer, extra)``; close the timer after the loop."""
+    """A 60 s timer and the signal wake-up pipe for the event loop: ``(timer, extra)``; close the
+    timer after the loop."""
     from sparkler import metrics
 
     timer = metrics.PeriodicTimer()
@@ -87,7 +96,7 @@ def periodic_metrics() -> tuple[object, list[tuple[int, object]]]:
         if timer.acknowledge():
             metrics.METRICS.flush_quietly()
 
-    return timer, [(timer.fd, on_timer)]
+    return timer, [(timer.fd, on_timer), *signal_wakeup()]
 
 
 def final_metrics_flush() -> None:

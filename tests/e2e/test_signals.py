@@ -68,8 +68,10 @@ def test_signal_sigpipe_is_counted_and_does_not_kill(vmm_factory, probe_kernel, 
         assert vm.state == "Not started"
         vm.configure(str(probe_kernel), boot_args=_boot_args("probe.hang=1"))
         vm.start()
+        # Console and log share stdout: wait for the guest to finish printing so lines do not mix.
+        wait_for(lambda: "INFO hang" in vmm.stdout, what="the probe to finish its checks")
         os.kill(vmm.proc.pid, signal.SIGPIPE)
-        wait_for(lambda: _messages(vmm).count("Received signal 13, code 0.") == 2, what="the second SIGPIPE")
+        wait_for(lambda: vmm.stdout.count("Received signal 13, code 0.") == 2, what="the second SIGPIPE")
         assert vm.state == "Running"
         vm.api.flush_metrics()
         assert vmm.proc.poll() is None
