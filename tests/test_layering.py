@@ -14,6 +14,7 @@ LAYERS = {
     "host": 0,
     "kvm": 1,
     "memory": 1,
+    "ratelimit": 1,
     "arch": 2,
     "devices": 2,
     "config": 2,
