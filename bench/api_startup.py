@@ -104,8 +104,8 @@ def importtime(argv: list[str], tmp: str, top: int = 15) -> list[tuple[int, int,
     for line in err.decode(errors="replace").splitlines():
         if not line.startswith("import time:") or "cumulative" in line:
             continue
-        self_us, cum_us, name = (part.strip() for part in line[len("import time:"):].split("|", 2))
-        rows.append((int(cum_us), int(self_us), name))
+        self_us, cum_us, name = line[len("import time:"):].split("|", 2)
+        rows.append((int(cum_us), int(self_us), name[1:]))  # nesting = 2 leading spaces per level
     total = sum(r[0] for r in rows if not r[2].startswith(" "))
     top_level = sorted((r for r in rows if not r[2].startswith(" ")), reverse=True)[:top]
     return [(total, 0, "<sum of top-level imports>"), *top_level]
