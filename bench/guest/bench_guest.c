@@ -1,11 +1,13 @@
 /*
- * Benchmark guest: booted like a Linux kernel (64-bit entry, RSI = boot_params), it
+ * Benchmark guest: booted like a Linux kernel (64-bit entry, RSI = boot_params) or, under QEMU
+ * -M microvm, through the PVH note (pvh.S: 32-bit entry, EBX = hvm_start_info), it
  *   1. writes 'S' to COM1 (the host timestamps it: "first guest instruction"),
  *   2. runs bench.pio=N port writes to an unclaimed port (0x80) and bench.mmio=N writes to an
  *      unclaimed guest-physical address inside the boot identity map (0x30000000), each one exit
  *      to the VMM,
- *   3. writes 'E' and resets through the i8042 (the VMM exits 0), or with bench.idle=1 halts forever
- *      so the host can measure the idle VMM.
+ *   3. writes 'E', then with bench.idle=1 halts forever so the host can measure the idle VMM;
+ *      otherwise it writes 0 to port 0xf4 (QEMU's isa-debug-exit: QEMU exits with status 1; an
+ *      unclaimed port for Sparkler) and resets through the i8042 (Sparkler exits 0).
  * All of it runs at CPL0, which a PVM host emulates: the loop around each exit costs a few us there.
  */
 typedef unsigned long u64;
@@ -34,10 +36,11 @@ static u64 param(const char *cmdline, const char *key)
 	return 0;
 }
 
-void bench_main(u8 *boot_params)
+void bench_main(u8 *info, int pvh)
 {
 	outb(COM1, 'S');
-	const char *cmdline = (const char *)(u64)(*(u32 *)(boot_params + 0x228));
+	/* Linux: boot_params.hdr.cmd_line_ptr (u32 at 0x228); PVH: hvm_start_info.cmdline_paddr (u64 at 24) */
+	const char *cmdline = pvh ? (const char *)*(u64 *)(info + 24) : (const char *)(u64)(*(u32 *)(info + 0x228));
 	u64 pio = param(cmdline, "bench.pio");
 	u64 mmio = param(cmdline, "bench.mmio");
 	u64 idle = param(cmdline, "bench.idle");
@@ -47,10 +50,12 @@ void bench_main(u8 *boot_params)
 		*(volatile u32 *)UNCLAIMED_MMIO = (u32)i;
 	outb(COM1, 'E');
 	outb(COM1, '\n');
-	if (!idle)
+	if (!idle) {
+		outb(0xf4, 0);
 		outb(0x64, 0xfe);
+	}
 	for (;;)
 		__asm__ volatile("cli; hlt");
 }
 
-__asm__(".globl _start\n_start:\n mov %rsi, %rdi\n call bench_main\n");
+__asm__(".globl _start\n_start:\n mov %rsi, %rdi\n xor %esi, %esi\n call bench_main\n");
