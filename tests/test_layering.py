@@ -11,6 +11,7 @@ ROOT = pathlib.Path(sparkler.__file__).parent
 LAYERS = {
     "errors": 0,
     "logger": 0,
+    "metrics": 0,
     "host": 0,
     "kvm": 1,
     "memory": 1,

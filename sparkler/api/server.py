@@ -29,6 +29,7 @@ import selectors
 import socket
 import stat
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -121,9 +122,11 @@ class ApiServer:
         max_connections: int = MAX_CONNECTIONS,
         log: Callable[[str], None] | None = None,
         on_request: Callable[[str, str, int, bool], None] | None = None,
+        debug_log: Callable[[str], None] | None = None,
     ) -> None:
         """``on_request(method, path, status, deprecated)`` is called once per answered request
-        (the runtime counts API metrics with it)."""
+        (the runtime counts API metrics with it). ``debug_log`` receives Firecracker's
+        ``Total previous API call duration: N us.`` line when the next request arrives."""
         from sparkler.api import bodies, faults, router
         from sparkler.vmm import actions
 
@@ -134,6 +137,8 @@ class ApiServer:
         self.max_connections = max_connections
         self.log = log
         self.on_request = on_request
+        self.debug_log = debug_log
+        self._previous_call_us: int | None = None
         self._listener = bind_api_socket(path)
         self._inode = os.stat(path).st_ino
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -393,7 +398,11 @@ class ApiServer:
         client.request, client.body = None, bytearray()
         self._log_request(method, path, body)
 
+        if self.debug_log is not None and self._previous_call_us is not None:
+            self.debug_log(f"Total previous API call duration: {self._previous_call_us} us.")
+        started = time.monotonic_ns()
         status, payload, deprecated = self.answer(method, path, body)
+        self._previous_call_us = (time.monotonic_ns() - started) // 1000
         if self.on_request is not None:
             self.on_request(method, path, status, deprecated)
         headers = [self._faults.SERVER_HEADER, (b"Connection", b"keep-alive")]

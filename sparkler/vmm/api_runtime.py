@@ -80,6 +80,7 @@ def run(options: RunOptions, config: VmmConfig | None) -> int:
             max_payload=options.http_api_max_payload_size,
             log=log.info,
             on_request=METRICS.count_api_request,
+            debug_log=log.debug,
         )
     except (OSError, SparklerError) as e:
         log.error(f"Failed to open the API socket at {options.api_sock}: {e}")

@@ -3,6 +3,7 @@
 import http.client
 import json
 import os
+import re
 import selectors
 import socket
 import threading
@@ -374,3 +375,21 @@ def test_server_logs_requests(tmp_path):
     assert lines == [
         'The API server received a Put request on "/actions" with body "{"action_type": "FlushMetrics"}".'
     ]
+
+
+def test_server_debug_log_reports_previous_call_duration(tmp_path):
+    lines = []
+    channel = Channel()
+    controller = Controller(FakeBuilder(), instance_id="test_vm", channel=channel)
+    server = ApiServer(str(tmp_path / "d.sock"), lambda a: controller.handle(a), debug_log=lines.append)
+    server.start()
+    try:
+        conn = UnixHTTPConnection(str(tmp_path / "d.sock"))
+        request(conn, "GET", "/version")
+        assert lines == []  # nothing before the first call has finished
+        request(conn, "GET", "/")
+        assert len(lines) == 1
+        assert re.fullmatch(r"Total previous API call duration: \d+ us\.", lines[0])
+    finally:
+        server.shutdown()
+        channel.close()

@@ -40,7 +40,7 @@ LOG_LINE = re.compile(
     r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9} \[(?P<id>[A-Za-z0-9-]+):(?P<thread>[^:\]]+)"
     r"(?::(?P<level>ERROR|WARN|INFO|DEBUG|TRACE))?(?::[^\]]+:\d+)?\] (?P<msg>.*)$"
 )
-TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.")
+TIMESTAMP_ANYWHERE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9} \[")
 
 
 class Vmm:
@@ -91,7 +91,15 @@ class Vmm:
         return self.stdout_path.read_text(errors="replace")
 
     def log_lines(self) -> list[str]:
-        return [line for line in self.stdout.splitlines() if TIMESTAMP.match(line)]
+        """Log lines, also when one was written into the middle of a console line: the guest's
+        console bytes and the logger share stdout, so a log line can start mid-line (each log line
+        is one write(), so it is never split itself)."""
+        lines = []
+        for line in self.stdout.splitlines():
+            start = TIMESTAMP_ANYWHERE.search(line)
+            if start:
+                lines.append(line[start.start() :])
+        return lines
 
     def metrics(self) -> list[dict]:
         if not self.metrics_path.exists():
