@@ -77,8 +77,10 @@ def _err(section: Any) -> str | None:
     return None
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+def _table(header: list[str], rows: list[list[str]], numeric: bool = True) -> list[str]:
+    """Markdown table; with ``numeric`` every column but the first is right-aligned."""
+    align = ["---" if i == 0 or not numeric else "---:" for i in range(len(header))]
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
     return out
 
@@ -125,7 +127,7 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str] | None = None
         ["Python", meta.get("python", "?")],
         ["QEMU", q.get("version") or "not available"],
         ["Firecracker", "not available on this host (no binary; the registries reachable here do not ship it)"],
-    ])
+    ], numeric=False)
     L.append("")
     if qemu_ok:
         L += ["QEMU command line (the bench guest enters through its PVH note):", "", "```", q.get("command", ""), "```", ""]
@@ -284,7 +286,7 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str] | None = None
             L += [f"![API latency]({plots['api_latency']})", ""]
 
     L += ["## Pending", ""]
-    L += _table(["Benchmark", "Status"], [[a, b] for a, b in PENDING])
+    L += _table(["Benchmark", "Status"], [[a, b] for a, b in PENDING], numeric=False)
     L.append("")
 
     L += ["## Caveats", ""]
@@ -343,7 +345,8 @@ def write_plots(results: dict[str, Any], out_dir: pathlib.Path) -> dict[str, str
         for j, name in enumerate(names):
             data = [boot[name].get(k) or [0] for k, _ in keys]
             pos = [i + (j - (len(names) - 1) / 2) * width for i in range(len(keys))]
-            bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=True)
+            bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=True,
+                            medianprops={"color": "black"})
             for patch in bp["boxes"]:
                 patch.set_facecolor(colors[name])
             ax.plot([], [], color=colors[name], linewidth=8, label=name)

@@ -1,0 +1,145 @@
+"""bench/run still runs: the report generator on synthetic numbers, and each figure's measurement
+on real VMs with tiny sizes (Sparkler, and QEMU microvm where installed). No timed assertions."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import random
+import shutil
+import sys
+
+import pytest
+
+BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import report  # noqa: E402
+
+
+def _synthetic() -> dict:
+    rng = random.Random(8)
+
+    def vals(center: float, n: int = 7) -> list[float]:
+        return [center * rng.uniform(0.9, 1.3) for _ in range(n)]
+
+    boot = {name: {"first_ms": vals(c), "marker_ms": vals(c + 1), "exit_ms": vals(c + 20)}
+            for name, c in (("Sparkler", 85.0), ("QEMU", 50.0))}
+    mem = {name: {"overhead_kib": vals(c), "uss_kib": vals(c * 0.7), "uss_excl_guest_kib": vals(c * 0.6),
+                  "rss_kib": vals(c + 100), "guest_rss_kib": vals(100)}
+           for name, c in (("Sparkler", 17000.0), ("QEMU", 34000.0))}
+    return {
+        "meta": {"date": "2026-11-27 02:00 UTC", "mode": "quick", "duration_s": 42.0, "sparkler": "0.1.0",
+                 "python": "3.11.7", "host": {"kvm": "PVM (kvm_pvm)", "cpu": "AMD EPYC", "cpus": 2, "mem_gib": 23.5,
+                                              "kernel": "6.18", "load_start": "1.0", "load_end": "1.1"}},
+        "qemu": {"available": True, "reason": "", "version": "QEMU emulator version 7.2.22", "command": "qemu -M microvm"},
+        "boot": boot,
+        "api_startup": {"runs": 3, "bare_ms": 11.0, "rows": [
+            {"command": "python -m sparkler", "wall_ms": 130.0, "cpu_ms": 120.0, "min_wall_ms": 120.0, "min_cpu_ms": 110.0}]},
+        "memory": mem,
+        "exits": {"exits_per_run": 5000, "Sparkler": {"pio_us": vals(17.5), "mmio_us": vals(18.0)},
+                  "QEMU": {"pio_us": vals(10.0), "mmio_us": vals(10.0)}},
+        "vms_per_s": {"window_s": 2.5, "Sparkler": {"boots": 20, "seconds": 2.5, "per_s": 8.0, "boot_ms": vals(125.0)},
+                      "QEMU": {"boots": 44, "seconds": 2.5, "per_s": 17.6, "boot_ms": vals(55.0)}},
+        "api_latency": {"requests": 100, "rows": [
+            {"endpoint": "GET /", "median_us": 105.0, "p99_us": 190.0, "mean_us": 111.0, "min_us": 95.0},
+            {"endpoint": "PUT /machine-config", "median_us": 112.0, "p99_us": 187.0, "mean_us": 119.0, "min_us": 105.0}]},
+    }
+
+
+def test_markdown_tables_from_synthetic_numbers():
+    res = _synthetic()
+    md = report.render_markdown(res)
+    assert md.startswith("# Sparkler benchmark report")
+    assert "| Metric | Sparkler | QEMU microvm | Sparkler ÷ QEMU |" in md
+    s = report.stats(res["boot"]["Sparkler"]["first_ms"])
+    q = report.stats(res["boot"]["QEMU"]["first_ms"])
+    row = next(line for line in md.splitlines() if line.startswith("| Start → first guest instruction |"))
+    assert f"{s['median'] / q['median']:.2f}×" in row
+    assert f"n={s['n']}" in row
+    for heading in ("## Host", "## Summary", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## Pending",
+                    "## Caveats"):
+        assert heading in md
+    assert "QEMU emulator version 7.2.22" in md
+    assert "Firecracker" in md and "not available" in md
+    assert "PVM" in md and "virtio-block is not wired" in md
+    # every table row has as many cells as its header
+    lines = md.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|---"):
+            width = lines[i - 1].count("|")
+            j = i + 1
+            while j < len(lines) and lines[j].startswith("|"):
+                assert lines[j].count("|") == width, lines[j]
+                j += 1
+
+
+def test_markdown_without_qemu_and_with_failed_sections():
+    res = _synthetic()
+    res["qemu"] = {"available": False, "reason": "qemu-system-x86_64 is not installed", "version": None}
+    for section in ("boot", "memory", "exits", "vms_per_s"):
+        res[section].pop("QEMU")
+    res["api_latency"] = {"error": "RuntimeError: boom"}
+    md = report.render_markdown(res)
+    assert "QEMU could not run here:** qemu-system-x86_64 is not installed" in md
+    assert "Not measured: RuntimeError: boom" in md
+    assert "| PIO exits per second |" in md
+
+
+def test_write_report_writes_markdown_json_and_plots(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (bench extra: pip install -e '.[bench]')")
+    path = report.write_report(_synthetic(), tmp_path)
+    md = path.read_text()
+    names = ["boot", "memory", "exits", "vms_per_s", "api_latency", "api_startup"]
+    for name in names:
+        png = tmp_path / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"]({name}.png)" in md
+    assert (tmp_path / "results.json").is_file()
+
+
+# ---- the measurements themselves, tiny sizes -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    if not os.path.exists("/dev/kvm") or not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        pytest.skip("host limitation: /dev/kvm is absent or not accessible")
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed: the bench guest is compiled at run time")
+    import measure
+    import qemu
+    from guest.build import build
+
+    kernel = build()
+    vmms = [measure.sparkler_vmm(kernel, tmp_path_factory.mktemp("bench"))]
+    ok, _ = qemu.qemu_usable(kernel, measure.MEM_MIB)
+    if ok:
+        vmms.append(measure.qemu_vmm(kernel))
+    return measure, vmms
+
+
+@pytest.mark.parametrize("peer", ["Sparkler", "QEMU"])
+def test_each_figure_still_runs(live, peer):
+    measure, vmms = live
+    vmm = [v for v in vmms if v.name == peer]
+    if not vmm:
+        pytest.skip("qemu-system-x86_64 is not installed or cannot run here (optional side-by-side peer)")
+    boot = measure.boot_times(vmm, 1)[peer]
+    assert 0 < boot["first_ms"][0] <= boot["marker_ms"][0] <= boot["exit_ms"][0]
+    mem = measure.idle_memory(vmm, 1)[peer]
+    assert mem["overhead_kib"][0] > 0 and mem["uss_kib"][0] > 0
+    exits = measure.exit_costs(vmm, 1, 200)[peer]
+    assert len(exits["pio_us"]) == len(exits["mmio_us"]) == 1
+    vps = measure.vms_per_second(vmm, 0.2)[peer]
+    assert vps["boots"] >= 1 and vps["per_s"] > 0
+
+
+@pytest.mark.parametrize("script", ["api_startup", "api_latency"])
+def test_api_benchmarks_still_run(live, script):
+    if not (BENCH / f"{script}.py").is_file():
+        pytest.skip(f"bench/{script}.py is not in this tree")
+    import suite
+
+    res = suite.api_startup(1) if script == "api_startup" else suite.api_latency(5)
+    assert res["rows"]
