@@ -3,7 +3,8 @@
 Discovery reads ``/proc/mounts``: v1 hierarchies are ``cgroup`` mounts, a controller's hierarchy is
 the first mount whose options name it; v2 is the first ``cgroup2`` mount. The cgroup of the VM is
 ``<hierarchy>/<parent_cgroup>/<id>``. v1 properties first inherit empty parent values (needed for
-``cpuset.cpus``/``cpuset.mems``); v2 enables each controller in ``cgroup.subtree_control`` from the
+``cpuset.cpus``/``cpuset.mems``; with any ``cpuset.*`` setting both are inherited, otherwise attaching
+fails with ENOSPC); v2 enables each controller in ``cgroup.subtree_control`` from the
 root down to the parent. A plan is built (and validated) before anything is written; ``apply``
 writes every value first, then attaches the pid (v1: ``tasks``, v2: ``cgroup.procs``).
 """
@@ -16,6 +17,7 @@ import os
 from sparkler.jailer import JailerError
 
 PROC_MOUNTS = "/proc/mounts"
+CPUSET_INHERITED = ("cpuset.cpus", "cpuset.mems")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,15 +144,26 @@ def _inherit_from_parent(directory: str, file: str, depth: int) -> None:
     _write(path, line)
 
 
-def _mkdir(path: str) -> None:
+def _mkdir(path: str, created: list[str] | None = None) -> None:
+    if created is not None:
+        missing = []
+        probe = path
+        while probe and not os.path.isdir(probe):
+            missing.append(probe)
+            probe = os.path.dirname(probe)
+        created.extend(reversed(missing))
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise JailerError(f"Failed to create directory {path}: {e}") from e
 
 
-def apply(plan: CgroupPlan, pid: int) -> None:
-    """Create the cgroups, write every value, then (second pass) move ``pid`` into them."""
+def apply(plan: CgroupPlan, pid: int, created: list[str] | None = None) -> None:
+    """Create the cgroups, write every value, then (second pass) move ``pid`` into them.
+
+    Directories this call creates are appended to ``created`` (for ``undo``).
+    """
+    created = [] if created is None else created
     if plan.version == 2:
         controllers = sorted({s.controller for ss in plan.dirs.values() for s in ss})
         level = plan.root
@@ -158,18 +171,44 @@ def apply(plan: CgroupPlan, pid: int) -> None:
             for c in controllers:
                 _write(os.path.join(level, "cgroup.subtree_control"), f"+{c}")
             level = os.path.join(level, component)
-            _mkdir(level)
+            _mkdir(level, created)
         for c in controllers:
             _write(os.path.join(level, "cgroup.subtree_control"), f"+{c}")
     for directory, settings in plan.dirs.items():
-        _mkdir(directory)
+        _mkdir(directory, created)
+        depth = len(plan.parent_cgroup.split("/")) + 1
+        if plan.version == 1 and any(s.controller == "cpuset" for s in settings):
+            # a task cannot join a cpuset whose cpus or mems is empty (ENOSPC): inherit both first,
+            # given values then overwrite them
+            for file in CPUSET_INHERITED:
+                _inherit_from_parent(directory, file, depth)
         for s in settings:
             if plan.version == 1:
-                _inherit_from_parent(directory, s.file, len(plan.parent_cgroup.split("/")) + 1)
+                _inherit_from_parent(directory, s.file, depth)
             _write(os.path.join(directory, s.file), s.value)
     procs = "cgroup.procs" if plan.version == 2 else "tasks"
     for directory in plan.dirs:
         _write(os.path.join(directory, procs), str(pid))
+
+
+def undo(plan: CgroupPlan, pid: int, created: list[str]) -> None:
+    """Best effort after a failure: move ``pid`` back to the hierarchy roots, remove ``created``."""
+    roots = (
+        {plan.root}
+        if plan.version == 2
+        else {v1_hierarchy(s.controller) for ss in plan.dirs.values() for s in ss}
+    )
+    procs = "cgroup.procs" if plan.version == 2 else "tasks"
+    for root in roots:
+        try:
+            _write(os.path.join(root, procs), str(pid))
+        except JailerError:
+            pass
+    for directory in reversed(created):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
 
 
 def join_parent_v2(parent_cgroup: str, pid: int) -> None:
@@ -195,5 +234,6 @@ __all__ = [
     "validate_parent_cgroup",
     "build_plan",
     "apply",
+    "undo",
     "join_parent_v2",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -194,6 +195,33 @@ def run(args: JailerArgs, start_us: int) -> None:
     elif args.cgroup_version == 2:
         cgroup.join_parent_v2(args.parent_cgroup, os.getpid())
     uffd_minor = chroot.userfaultfd_minor()
+    created_cgroups: list[str] = []
+    preexisting = os.path.exists(os.path.dirname(args.chroot_dir))
+    try:
+        dev_null = _build_outside(args, plan, created_cgroups)
+    except JailerError:
+        _undo(args, plan, created_cgroups, preexisting)
+        raise
+    _finish_inside(args, start_us, uffd_minor, dev_null)
+
+
+def _undo(
+    args: JailerArgs, plan: cgroup.CgroupPlan | None, created_cgroups: list[str], preexisting: bool
+) -> None:
+    """Leave no half-built jail: remove the instance dir and the cgroups this run created."""
+    instance_dir = os.path.dirname(args.chroot_dir)
+    if not preexisting:
+        shutil.rmtree(instance_dir, ignore_errors=True)
+        try:
+            os.rmdir(os.path.dirname(instance_dir))  # <base>/<exec-name>, if now empty
+        except OSError:
+            pass
+    if plan is not None:
+        cgroup.undo(plan, os.getpid(), created_cgroups)
+
+
+def _build_outside(args: JailerArgs, plan: cgroup.CgroupPlan | None, created_cgroups: list[str]) -> int:
+    """Steps 7-12, on the host file system; returns the /dev/null fd (-1 without --daemonize)."""
     root = args.chroot_dir
     chroot.make_chroot_dir(root)
     chroot.copy_exec_file(args.exec_file, os.path.join(root, args.exec_name), args.uid, args.gid)
@@ -210,14 +238,19 @@ def run(args: JailerArgs, start_us: int) -> None:
             os.close(fd)
     limits.apply_resource_limits(args.resource_limits)
     if plan is not None:
-        cgroup.apply(plan, os.getpid())
+        cgroup.apply(plan, os.getpid(), created_cgroups)
     dev_null = -1
     if args.daemonize:
         try:
             dev_null = os.open("/dev/null", os.O_RDWR)
         except OSError as e:
             raise JailerError(f"Failed to open /dev/null: {e}") from e
-    chroot.enter_jail(root)
+    return dev_null
+
+
+def _finish_inside(args: JailerArgs, start_us: int, uffd_minor: int | None, dev_null: int) -> None:
+    """Steps 14-20: pivot_root, device nodes, daemonize, PID namespace, pid file, exec."""
+    chroot.enter_jail(args.chroot_dir)
     for warning in chroot.populate_jail(args.uid, args.gid, uffd_minor):
         sys.stderr.write(warning + "\n")
     jailer_cpu_us = exec.cpu_time_us()
