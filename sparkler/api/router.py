@@ -136,7 +136,10 @@ def parse_put_boot_source(body: bytes) -> A.VmmAction:
 
 
 def parse_put_machine_config(body: bytes) -> A.VmmAction:
-    # Decoded with the all-optional model so both required fields are checked by name.
+    # Firecracker's types first: smt, track_dirty_pages, huge_pages (and the two sizes) are not
+    # Option<T> there, so an explicit null is refused ("expected a boolean"); only cpu_template
+    # may be null. Then the all-optional model, so both required fields are checked by name.
+    _decode(body, MachineConfig)
     update: MachineConfigUpdate = _decode(body, MachineConfigUpdate)
     for required in ("vcpu_count", "mem_size_mib"):
         if getattr(update, required) is None:

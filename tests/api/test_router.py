@@ -344,3 +344,24 @@ def test_route_drive_path_id_must_match_body_id():
 
 def test_route_net_path_id_must_match_body_id():
     assert "does not match" in fault_text(put("/network-interfaces/eth0", {"iface_id": "eth1"}))
+
+
+# --- found by tests/api/test_schemathesis.py ------------------------------------------------------
+@pytest.mark.parametrize("field", ["smt", "track_dirty_pages", "huge_pages", "vcpu_count", "mem_size_mib"])
+def test_route_put_machine_config_refuses_null_for_non_option_fields(field):
+    # Firecracker's MachineConfig: these are bool/u8/usize/HugePageConfig (serde default), not
+    # Option<T>, so `null` is "invalid type: null"; PUT {"smt": null} was accepted as false.
+    doc = {"vcpu_count": 2, "mem_size_mib": 256, field: None}
+    text = fault_text(put("/machine-config", doc))
+    assert text.startswith(DESERIALIZE) and f"got `null` - at `$.{field}`" in text
+
+
+def test_route_put_machine_config_null_cpu_template_is_omitted():
+    result = put("/machine-config", {"vcpu_count": 2, "mem_size_mib": 256, "cpu_template": None})
+    assert isinstance(result, A.PutMachineConfig) and not result.sets_cpu_template
+
+
+def test_route_patch_machine_config_null_fields_are_unset():
+    # MachineConfigUpdate: every field is Option<T>, so null is "leave unchanged".
+    result = patch("/machine-config", {"mem_size_mib": 512, "smt": None})
+    assert isinstance(result, A.PatchMachineConfig) and result.update.smt is None
