@@ -1,0 +1,355 @@
+"""Compile the per-role seccomp policies with libseccomp and install one on the calling thread.
+
+Policy format (Firecracker's ``seccompiler`` input, catalog section 10.3)::
+
+    {"<role>": {"default_action": <action>, "filter_action": <action>,
+                "filter": [{"syscall": "<name>", "comment": "...",
+                            "args": [{"index": 0-5, "type": "dword"|"qword",
+                                      "op": "eq"|"ne"|"lt"|"le"|"gt"|"ge"|{"masked_eq": <mask>},
+                                      "val": <u64>, "comment": "..."}]}]}}
+
+Actions: ``"allow"``, ``"trap"``, ``"log"``, ``"kill_thread"``, ``"kill_process"``, ``{"errno": N}``,
+``{"trace": N}``. Rules for one syscall are OR-ed, the ``args`` of a rule AND-ed; a ``dword`` ``eq``
+compares the low 32 bits (a masked compare), as seccompiler does. The shipped policies are
+allow-lists with ``default_action: "trap"``: a forbidden syscall raises SIGSYS, which the VMM's
+handler (``sparkler.host.signals``) turns into exit code 148 with ``seccomp.num_faults = 1``; with no
+handler installed SIGSYS kills the process (the kernel's default action), and ``dmesg``/auditd show
+the syscall number when ``"log"``/``"kill_process"`` is used instead.
+
+How it works: ``compile_policy`` builds a libseccomp context (``seccomp_init`` with the default
+action, ``seccomp_rule_add_array`` per rule) and exports the BPF program (``seccomp_export_bpf``) as
+bytes. ``install_bpf`` loads such a program on the *calling thread only*:
+``prctl(PR_SET_NO_NEW_PRIVS, 1)`` then ``seccomp(SECCOMP_SET_MODE_FILTER, 0, &prog)`` without
+``SECCOMP_FILTER_FLAG_TSYNC`` (the kernel keeps filters per task). Threads created afterwards inherit
+their creator's filters, and filters stack (every installed filter must allow a syscall), so a
+thread started by the filtered main thread runs with vmm + its own policy.
+
+Using it from the VMM (the lead's wiring; nothing here touches ``sparkler.vmm``):
+
+* at start-up, after parsing the command line (catalog 2.3 step 7, before any thread starts):
+  ``configure(no_seccomp=options.no_seccomp)`` -- this also compiles the three programs now, so a
+  broken policy is a start-up error and threads only pay one syscall;
+* ``fc_api``: ``prctl_set_name("fc_api")`` then ``install_filter("api")`` before serving requests;
+* ``fc_vcpu <n>``: ``prctl_set_name(...)`` then ``install_filter("vcpu")`` before the first KVM_RUN;
+* main thread: ``install_filter("vmm")`` right after the VM is built, before the event loop;
+* with ``--no-seccomp`` every ``install_filter`` call is a no-op (``/proc/<pid>/task/*/status``
+  then shows ``Seccomp: 0``; with filters it shows ``Seccomp: 2``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import dataclasses
+import json
+import os
+import threading
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+ROLES = ("vmm", "api", "vcpu")
+MAX_BPF_INSTRUCTIONS = 4096  # BPF_MAXINSNS
+BPF_INSTRUCTION_SIZE = 8  # struct sock_filter
+
+# libseccomp actions (seccomp.h)
+SCMP_ACT_KILL_PROCESS = 0x80000000
+SCMP_ACT_KILL_THREAD = 0x00000000
+SCMP_ACT_TRAP = 0x00030000
+SCMP_ACT_LOG = 0x7FFC0000
+SCMP_ACT_ALLOW = 0x7FFF0000
+_SIMPLE_ACTIONS = {
+    "allow": SCMP_ACT_ALLOW,
+    "trap": SCMP_ACT_TRAP,
+    "log": SCMP_ACT_LOG,
+    "kill_thread": SCMP_ACT_KILL_THREAD,
+    "kill_process": SCMP_ACT_KILL_PROCESS,
+    "kill": SCMP_ACT_KILL_THREAD,
+}
+_ERRNO = 0x00050000
+_TRACE = 0x7FF00000
+# enum scmp_compare
+_OPS = {"ne": 1, "lt": 2, "le": 3, "eq": 4, "ge": 5, "gt": 6}
+SCMP_CMP_MASKED_EQ = 7
+U32_MASK = 0xFFFFFFFF
+U64_MAX = 2**64 - 1
+
+PR_SET_NO_NEW_PRIVS = 38  # linux/prctl.h
+SYS_SECCOMP = 317  # x86_64
+SECCOMP_SET_MODE_FILTER = 1
+
+
+class SeccompError(Exception):
+    """A policy cannot be parsed, compiled or installed."""
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArgCondition:
+    index: int
+    op: int
+    datum_a: int
+    datum_b: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    syscall: str
+    args: tuple[ArgCondition, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+    default_action: int
+    filter_action: int
+    rules: tuple[Rule, ...]
+
+
+# --- parsing -----------------------------------------------------------------------------------------
+def parse_action(value: Any) -> int:
+    if isinstance(value, str) and value in _SIMPLE_ACTIONS:
+        return _SIMPLE_ACTIONS[value]
+    if isinstance(value, dict) and len(value) == 1:
+        ((kind, number),) = value.items()
+        if kind in ("errno", "trace") and isinstance(number, int) and 0 <= number <= 0xFFFF:
+            return (_ERRNO if kind == "errno" else _TRACE) | number
+    raise SeccompError(f"invalid action: {value!r}")
+
+
+def _parse_arg(raw: Any, where: str) -> ArgCondition:
+    if not isinstance(raw, dict):
+        raise SeccompError(f"{where}: an argument condition must be an object")
+    index, kind, op, val = raw.get("index"), raw.get("type"), raw.get("op"), raw.get("val")
+    if not isinstance(index, int) or not 0 <= index <= 5:
+        raise SeccompError(f"{where}: index must be 0 to 5")
+    if kind not in ("dword", "qword"):
+        raise SeccompError(f"{where}: type must be dword or qword")
+    if not isinstance(val, int) or not 0 <= val <= U64_MAX:
+        raise SeccompError(f"{where}: val must be an unsigned 64-bit integer")
+    if isinstance(op, dict) and set(op) == {"masked_eq"} and isinstance(op["masked_eq"], int):
+        mask = op["masked_eq"] & (U32_MASK if kind == "dword" else U64_MAX)
+        return ArgCondition(index, SCMP_CMP_MASKED_EQ, mask, val & mask)
+    if op not in _OPS:
+        raise SeccompError(f"{where}: unknown op {op!r}")
+    if kind == "dword":
+        if val > U32_MASK:
+            raise SeccompError(f"{where}: a dword val must fit in 32 bits")
+        if op == "eq":  # seccompiler: compare only the low 32 bits
+            return ArgCondition(index, SCMP_CMP_MASKED_EQ, U32_MASK, val)
+    return ArgCondition(index, _OPS[op], val, 0)
+
+
+def parse_policy(raw: Any, role: str) -> Policy:
+    if not isinstance(raw, dict):
+        raise SeccompError(f"{role}: the filter must be an object")
+    unknown = set(raw) - {"default_action", "filter_action", "filter"}
+    if unknown:
+        raise SeccompError(f"{role}: unknown keys {sorted(unknown)}")
+    rules = []
+    for i, entry in enumerate(raw.get("filter", [])):
+        where = f"{role}.filter[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("syscall"), str):
+            raise SeccompError(f"{where}: a rule needs a syscall name")
+        args = entry.get("args") or []
+        if not isinstance(args, list):
+            raise SeccompError(f"{where}: args must be a list")
+        rules.append(Rule(entry["syscall"], tuple(_parse_arg(a, where) for a in args)))
+    return Policy(
+        parse_action(raw.get("default_action")), parse_action(raw.get("filter_action")), tuple(rules)
+    )
+
+
+def parse_filter_file(data: bytes | str) -> dict[str, Policy]:
+    """A custom filter file: exactly the three thread categories (Firecracker's rule)."""
+    try:
+        raw = json.loads(data)
+    except ValueError as e:
+        raise SeccompError(f"invalid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise SeccompError("the filter file must be a JSON object")
+    keys = {k.lower(): v for k, v in raw.items()}
+    extra = set(keys) - set(ROLES)
+    if extra:
+        raise SeccompError(f"Invalid thread categories: {sorted(extra)}")
+    for role in ROLES:
+        if role not in keys:
+            raise SeccompError(f"Missing thread category: {role}")
+    return {role: parse_policy(keys[role], role) for role in ROLES}
+
+
+def default_policies() -> dict[str, Policy]:
+    """The shipped ``filters/<role>.json``."""
+    policies = {}
+    for role in ROLES:
+        text = resources.files("sparkler.seccomp").joinpath("filters", f"{role}.json").read_text()
+        raw = json.loads(text)
+        if set(raw) != {role}:
+            raise SeccompError(f"filters/{role}.json must hold exactly the {role!r} filter")
+        policies[role] = parse_policy(raw[role], role)
+    return policies
+
+
+# --- compiling with libseccomp -----------------------------------------------------------------------
+_lib: Any = None
+
+
+def _libseccomp() -> Any:
+    global _lib
+    if _lib is None:
+        name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+        try:
+            lib = ctypes.CDLL(name, use_errno=True)
+        except OSError as e:
+            raise SeccompError(f"libseccomp is not available: {e}") from e
+        lib.seccomp_init.restype = ctypes.c_void_p
+        lib.seccomp_init.argtypes = [ctypes.c_uint32]
+        lib.seccomp_release.argtypes = [ctypes.c_void_p]
+        lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_rule_add_array.argtypes = [
+            ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(_ArgCmp),
+        ]  # fmt: skip
+        lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        _lib = lib
+    return _lib
+
+
+def compile_policy(policy: Policy) -> bytes:
+    """The classic-BPF program (``struct sock_filter[]``) for this thread's architecture."""
+    lib = _libseccomp()
+    ctx = lib.seccomp_init(policy.default_action)
+    if not ctx:
+        raise SeccompError("seccomp_init failed")
+    try:
+        for rule in policy.rules:
+            nr = lib.seccomp_syscall_resolve_name(rule.syscall.encode())
+            if nr < 0:
+                raise SeccompError(f"unknown syscall {rule.syscall!r}")
+            conditions = (_ArgCmp * max(1, len(rule.args)))(
+                *[_ArgCmp(a.index, a.op, a.datum_a, a.datum_b) for a in rule.args]
+            )
+            rc = lib.seccomp_rule_add_array(ctx, policy.filter_action, nr, len(rule.args), conditions)
+            if rc < 0:
+                raise SeccompError(f"cannot add the rule for {rule.syscall!r}: {os.strerror(-rc)}")
+        fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
+        try:
+            rc = lib.seccomp_export_bpf(ctx, fd)
+            if rc < 0:
+                raise SeccompError(f"seccomp_export_bpf failed: {os.strerror(-rc)}")
+            program = os.pread(fd, MAX_BPF_INSTRUCTIONS * BPF_INSTRUCTION_SIZE + 1, 0)
+        finally:
+            os.close(fd)
+    finally:
+        lib.seccomp_release(ctx)
+    if len(program) > MAX_BPF_INSTRUCTIONS * BPF_INSTRUCTION_SIZE:
+        raise SeccompError(f"the program has more than {MAX_BPF_INSTRUCTIONS} instructions")
+    return program
+
+
+# --- installing --------------------------------------------------------------------------------------
+_libc: Any = None
+
+
+def install_bpf(program: bytes) -> None:
+    """Load ``program`` on the calling thread (no TSYNC). An empty program means no filter."""
+    global _libc
+    if not program:
+        return
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _libc.syscall.restype = ctypes.c_long
+    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise SeccompError(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(err)}")
+    buffer = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // BPF_INSTRUCTION_SIZE, ctypes.addressof(buffer))
+    rc = _libc.syscall(
+        ctypes.c_long(SYS_SECCOMP),
+        ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
+        ctypes.c_uint(0),
+        ctypes.byref(prog),
+    )
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise SeccompError(f"seccomp(SECCOMP_SET_MODE_FILTER) failed: {os.strerror(err)}")
+
+
+@dataclasses.dataclass
+class _State:
+    no_seccomp: bool = False
+    programs: dict[str, bytes] | None = None
+
+
+_state = _State()
+_lock = threading.Lock()
+
+
+def configure(
+    *,
+    no_seccomp: bool = False,
+    policies: Mapping[str, Policy] | None = None,
+) -> None:
+    """Decide once per process (from ``--no-seccomp`` / a custom filter) and compile the programs.
+
+    ``policies`` defaults to the shipped files; pass ``parse_filter_file(...)`` for a custom one.
+    """
+    with _lock:
+        _state.no_seccomp = no_seccomp
+        if no_seccomp:
+            _state.programs = {role: b"" for role in ROLES}
+            return
+        chosen = default_policies() if policies is None else policies
+        _state.programs = {role: compile_policy(chosen[role]) for role in ROLES}
+
+
+def install_filter(role: str) -> None:
+    """Install the ``role`` filter (``vmm``, ``api`` or ``vcpu``) on the calling thread.
+
+    A no-op after ``configure(no_seccomp=True)``; compiles the shipped policies on first use if
+    ``configure`` was not called.
+    """
+    if role not in ROLES:
+        raise SeccompError(f"unknown thread role {role!r} (expected one of {', '.join(ROLES)})")
+    if _state.programs is None:
+        configure()
+    assert _state.programs is not None
+    install_bpf(_state.programs[role])
+
+
+def seccomp_mode(tid: int | None = None) -> int:
+    """``Seccomp:`` of /proc/self/task/<tid>/status: 0 none, 1 strict, 2 filter."""
+    tid = threading.get_native_id() if tid is None else tid
+    with open(f"/proc/self/task/{tid}/status") as f:
+        for line in f:
+            if line.startswith("Seccomp:"):
+                return int(line.split()[1])
+    return 0
+
+
+__all__ = [
+    "ROLES",
+    "Policy",
+    "Rule",
+    "ArgCondition",
+    "SeccompError",
+    "parse_action",
+    "parse_policy",
+    "parse_filter_file",
+    "default_policies",
+    "compile_policy",
+    "install_bpf",
+    "configure",
+    "install_filter",
+    "seccomp_mode",
+]
