@@ -116,6 +116,8 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str] | None = None
           "**median (min–max, n=runs)**; ratios are Sparkler ÷ QEMU of the medians, measured in the same run "
           "with the two VMMs alternating (A B B A …) in the same time window.", ""]
 
+    if meta.get("plots"):
+        L += [f"Plots {meta['plots']}.", ""]
     L += ["## Host", ""]
     L += _table(["", ""], [
         ["KVM", host.get("kvm", "?")],
@@ -431,7 +433,11 @@ def write_report(results: dict[str, Any], out_dir: str | os.PathLike[str]) -> pa
     """Write report.md, results.json and the PNG plots into ``out_dir``; returns the report path."""
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plots = write_plots(results, out)
+    try:
+        plots = write_plots(results, out)
+    except ImportError:  # matplotlib is the optional `bench` extra; the numbers still stand without it
+        plots = {}
+        results.setdefault("meta", {})["plots"] = "not written: matplotlib is not installed (pip install -e '.[bench]')"
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     path = out / "report.md"
     path.write_text(render_markdown(results, plots))
