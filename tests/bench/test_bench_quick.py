@@ -143,3 +143,14 @@ def test_api_benchmarks_still_run(live, script):
 
     res = suite.api_startup(1) if script == "api_startup" else suite.api_latency(5)
     assert res["rows"]
+
+
+def test_write_report_without_matplotlib(tmp_path, monkeypatch):
+    def no_matplotlib(results, out_dir):
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr(report, "write_plots", no_matplotlib)
+    md = report.write_report(_synthetic(), tmp_path).read_text()
+    assert "matplotlib is not installed" in md
+    assert "| Start → first guest instruction |" in md
+    assert not list(tmp_path.glob("*.png"))
