@@ -29,7 +29,7 @@ from report import write_report  # noqa: E402
 PROFILES = {
     #          boot runs, exit runs, exits/run, memory runs, VMs/s window s, api start-up runs, api requests
     "full": dict(boot_runs=31, exit_runs=11, exits=20000, mem_runs=7, vms_window_s=10.0, startup_runs=20, requests=1000),
-    "quick": dict(boot_runs=5, exit_runs=3, exits=5000, mem_runs=2, vms_window_s=2.5, startup_runs=3, requests=100),
+    "quick": dict(boot_runs=7, exit_runs=5, exits=10000, mem_runs=2, vms_window_s=2.5, startup_runs=3, requests=100),
 }
 
 _ROW = re.compile(r"^(?P<label>\S.*?)\s+(?P<a>[\d.]+)\s+(?P<b>[\d.]+)\s+(?P<c>[\d.]+)\s+(?P<d>[\d.]+)(?:\s+.*)?$")
