@@ -22,7 +22,17 @@ bytes. ``install_bpf`` loads such a program on the *calling thread only*:
 ``prctl(PR_SET_NO_NEW_PRIVS, 1)`` then ``seccomp(SECCOMP_SET_MODE_FILTER, 0, &prog)`` without
 ``SECCOMP_FILTER_FLAG_TSYNC`` (the kernel keeps filters per task). Threads created afterwards inherit
 their creator's filters, and filters stack (every installed filter must allow a syscall), so a
-thread started by the filtered main thread runs with vmm + its own policy.
+thread started by the filtered main thread runs with vmm + its own policy; that is why ``vmm.json``
+(unlike Firecracker's) allows ``prctl(PR_SET_NAME | PR_SET_NO_NEW_PRIVS)`` and
+``seccomp(SECCOMP_SET_MODE_FILTER, 0)``: a vCPU thread started after the build can still name itself
+and add its own filter.
+
+The allow-lists come from ``strace -f`` of probe boots (config file and API, pause/resume, SIGHUP)
+grouped by thread name, plus what CPython itself may call at any time (lazy imports: ``openat``,
+``newfstatat``, ``getdents64``; allocator: ``mmap``/``munmap``/``madvise``; GIL: ``futex``). They
+are permissive-but-real: names only, no argument conditions yet except the ones above (Firecracker
+also pins ioctl request numbers, mmap flags and socket families; tightening is future work, and a
+test boots the probe guest with every thread filtered to catch regressions).
 
 Using it from the VMM (the lead's wiring; nothing here touches ``sparkler.vmm``):
 
