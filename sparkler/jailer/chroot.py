@@ -73,8 +73,65 @@ def copy_exec_file(source: str, dest: str, uid: int, gid: int) -> None:
         os.close(fd)
 
 
-def enter_jail(path: str) -> None:
-    """pivot_root into ``path`` inside a new mount namespace; the cwd becomes the new ``/``."""
+def is_script(path: str) -> bool:
+    """True when ``path`` starts with ``#!`` (an interpreted exec file, e.g. Sparkler's console script)."""
+    with open(path, "rb") as f:
+        return f.read(2) == b"#!"
+
+
+def python_runtime_paths() -> list[str]:
+    """Host paths a Python VMM needs inside the jail, bound read-only at the same place.
+
+    The jailer runs on the interpreter (and venv) that will run the VMM, so it knows them: the
+    interpreter installation (``sys.base_prefix``: binary, libpython, stdlib), the environment
+    (``sys.prefix``: site-packages, ``pyvenv.cfg``), the ``sparkler`` package itself (an editable
+    install lives outside both) and ``/usr`` for the C libraries (libc, libffi, libseccomp).
+    Top-level symlinks such as ``/lib -> usr/lib`` are recreated as symlinks, not bound.
+    """
+    import sys
+
+    import sparkler
+
+    candidates = ["/usr", "/lib", "/lib64", "/bin", sys.base_prefix, sys.prefix]
+    candidates.append(os.path.dirname(os.path.abspath(sparkler.__file__)))
+    paths: list[str] = []
+    for path in candidates:
+        if not os.path.isabs(path) or not os.path.lexists(path):
+            continue
+        if not os.path.islink(path):
+            path = os.path.realpath(path)
+        if path in paths or any(path.startswith(p.rstrip("/") + "/") for p in paths if not os.path.islink(p)):
+            continue
+        paths.append(path)
+    return paths
+
+
+def bind_read_only(paths: list[str], root: str) -> None:
+    """Bind each host ``path`` read-only (nosuid, nodev) at ``root + path`` (symlinks are copied)."""
+    for path in paths:
+        target = root + path
+        try:
+            if os.path.islink(path):
+                if not os.path.lexists(target):
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    os.symlink(os.readlink(path), target)
+                continue
+            os.makedirs(target, exist_ok=True)
+            ns.mount(path, target, None, ns.MS_BIND | ns.MS_REC)
+            ns.mount(
+                None, target, None, ns.MS_BIND | ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_NOSUID | ns.MS_NODEV
+            )
+        except OSError as e:
+            raise JailerError(f"Failed to bind mount {path} into the jail: {e}") from e
+
+
+def enter_jail(path: str, read_only_binds: list[str] | None = None) -> None:
+    """pivot_root into ``path`` inside a new mount namespace; the cwd becomes the new ``/``.
+
+    ``read_only_binds`` (host paths) are bound read-only into the jail before the pivot; they live
+    in the jail's private mount namespace and vanish with it.
+    """
+    binds = read_only_binds or []
     steps = (
         ("Failed to unshare into new mount namespace", lambda: ns.unshare(ns.CLONE_NEWNS)),
         (
@@ -85,6 +142,7 @@ def enter_jail(path: str) -> None:
             "Failed to bind mount the jail root directory",
             lambda: ns.mount(path, path, None, ns.MS_BIND | ns.MS_REC),
         ),
+        ("Failed to bind mount the Python runtime", lambda: bind_read_only(binds, path)),
         ("Failed to chdir into chroot directory", lambda: os.chdir(path)),
         ("Failed to create the jail root directory before pivoting root", lambda: os.mkdir(OLD_ROOT, 0o600)),
         ("Failed to pivot root", lambda: ns.pivot_root(".", OLD_ROOT)),
@@ -132,5 +190,8 @@ __all__ = [
     "make_chroot_dir",
     "copy_exec_file",
     "enter_jail",
+    "is_script",
+    "python_runtime_paths",
+    "bind_read_only",
     "populate_jail",
 ]

@@ -250,7 +250,8 @@ def _build_outside(args: JailerArgs, plan: cgroup.CgroupPlan | None, created_cgr
 
 def _finish_inside(args: JailerArgs, start_us: int, uffd_minor: int | None, dev_null: int) -> None:
     """Steps 14-20: pivot_root, device nodes, daemonize, PID namespace, pid file, exec."""
-    chroot.enter_jail(args.chroot_dir)
+    binds = chroot.python_runtime_paths() if chroot.is_script(args.exec_file) else []
+    chroot.enter_jail(args.chroot_dir, binds)
     for warning in chroot.populate_jail(args.uid, args.gid, uffd_minor):
         sys.stderr.write(warning + "\n")
     jailer_cpu_us = exec.cpu_time_us()
