@@ -37,8 +37,9 @@ test boots the probe guest with every thread filtered to catch regressions).
 Using it from the VMM (the lead's wiring; nothing here touches ``sparkler.vmm``):
 
 * at start-up, after parsing the command line (catalog 2.3 step 7, before any thread starts):
-  ``configure(no_seccomp=options.no_seccomp)`` -- this also compiles the three programs now, so a
-  broken policy is a start-up error and threads only pay one syscall;
+  ``configure(no_seccomp=options.no_seccomp, policies=None if options.seccomp_filter is None else
+  load_filter_file(options.seccomp_filter))`` -- this also compiles the three programs now, so a
+  broken policy is a start-up error (SeccompError: log it, exit 1) and threads pay one syscall;
 * ``fc_api``: ``prctl_set_name("fc_api")`` then ``install_filter("api")`` before serving requests;
 * ``fc_vcpu <n>``: ``prctl_set_name(...)`` then ``install_filter("vcpu")`` before the first KVM_RUN;
 * main thread: ``install_filter("vmm")`` right after the VM is built, before the event loop;
@@ -61,6 +62,7 @@ from typing import Any
 ROLES = ("vmm", "api", "vcpu")
 MAX_BPF_INSTRUCTIONS = 4096  # BPF_MAXINSNS
 BPF_INSTRUCTION_SIZE = 8  # struct sock_filter
+MAX_FILTER_FILE_SIZE = 1 << 20
 
 # libseccomp actions (seccomp.h)
 SCMP_ACT_KILL_PROCESS = 0x80000000
@@ -199,6 +201,23 @@ def parse_filter_file(data: bytes | str) -> dict[str, Policy]:
     return {role: parse_policy(keys[role], role) for role in ROLES}
 
 
+def load_filter_file(path: str) -> dict[str, Policy]:
+    """``--seccomp-filter FILE`` in Sparkler's format: the JSON above with exactly the three roles.
+
+    (Firecracker's flag takes a compiled bitcode blob; Sparkler takes the JSON source and compiles
+    it at start-up, so one format serves both the shipped and the custom policies.) Pass the result
+    to ``configure(policies=...)``.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILTER_FILE_SIZE + 1)
+    except OSError as e:
+        raise SeccompError(f"cannot read the seccomp filter file {path}: {e.strerror}") from e
+    if len(data) > MAX_FILTER_FILE_SIZE:
+        raise SeccompError(f"the seccomp filter file {path} is larger than {MAX_FILTER_FILE_SIZE} bytes")
+    return parse_filter_file(data)
+
+
 def default_policies() -> dict[str, Policy]:
     """The shipped ``filters/<role>.json``."""
     policies = {}
@@ -218,11 +237,13 @@ _lib: Any = None
 def _libseccomp() -> Any:
     global _lib
     if _lib is None:
-        name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
-        try:
-            lib = ctypes.CDLL(name, use_errno=True)
-        except OSError as e:
-            raise SeccompError(f"libseccomp is not available: {e}") from e
+        try:  # the soname first: find_library runs ldconfig/gcc, absent (and slow) inside a jail
+            lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+        except OSError:
+            try:
+                lib = ctypes.CDLL(ctypes.util.find_library("seccomp") or "libseccomp.so", use_errno=True)
+            except OSError as e:
+                raise SeccompError(f"libseccomp is not available: {e}") from e
         lib.seccomp_init.restype = ctypes.c_void_p
         lib.seccomp_init.argtypes = [ctypes.c_uint32]
         lib.seccomp_release.argtypes = [ctypes.c_void_p]
@@ -277,7 +298,7 @@ def install_bpf(program: bytes) -> None:
     if not program:
         return
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _libc = ctypes.CDLL("libc.so.6", use_errno=True)
         _libc.syscall.restype = ctypes.c_long
     if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()
@@ -356,6 +377,7 @@ __all__ = [
     "parse_action",
     "parse_policy",
     "parse_filter_file",
+    "load_filter_file",
     "default_policies",
     "compile_policy",
     "install_bpf",

@@ -21,6 +21,7 @@ import pytest
 
 from sparkler.sdk.client import Client
 from tests.jailer.helpers import JAILER, require_root, wait_gone
+from tests.seccomp.test_vmm_filters import LAUNCHER
 
 pytestmark = pytest.mark.usefixtures("kvm")
 
@@ -54,8 +55,18 @@ def short_base():
     shutil.rmtree(base, ignore_errors=True)
 
 
-def test_jailed_vmm_serves_api_and_boots_probe(tmp_path, short_base, probe_kernel):
+def _filtered_script(directory: Path) -> Path:
+    """A ``firecracker`` script running the VMM with every thread filtered (see tests/seccomp)."""
+    script = directory / "firecracker"
+    script.write_text(f"#!{sys.executable}\n{LAUNCHER}")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("filtered", [False, True], ids=["plain", "seccomp"])
+def test_jailed_vmm_serves_api_and_boots_probe(tmp_path, short_base, probe_kernel, filtered):
     require_root()
+    exec_file = _filtered_script(tmp_path) if filtered else _console_script()
     base = short_base
     root = base / "firecracker" / "vm-jailed" / "root"
     root.mkdir(parents=True)
@@ -64,7 +75,7 @@ def test_jailed_vmm_serves_api_and_boots_probe(tmp_path, short_base, probe_kerne
     log = open(tmp_path / "vmm.out", "wb")  # noqa: SIM115 - closed below
     started = time.monotonic()
     jailer = subprocess.Popen(
-        [*JAILER, "--id", "vm-jailed", "--exec-file", str(_console_script()), "--uid", str(UID),
+        [*JAILER, "--id", "vm-jailed", "--exec-file", str(exec_file), "--uid", str(UID),
          "--gid", str(GID), "--chroot-base-dir", str(base), "--new-pid-ns"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -96,6 +107,16 @@ def test_jailed_vmm_serves_api_and_boots_probe(tmp_path, short_base, probe_kerne
         text = (tmp_path / "vmm.out").read_text(errors="replace")
         assert "[vm-jailed:main] Running Firecracker" in text
         assert "FAIL" not in text
+        modes = {
+            (Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()): next(
+                int(line.split()[1])
+                for line in Path(f"/proc/{pid}/task/{tid}/status").read_text().splitlines()
+                if line.startswith("Seccomp:")
+            )
+            for tid in os.listdir(f"/proc/{pid}/task")
+        }
+        assert {"fc_api", "fc_vcpu 0"} <= set(modes)
+        assert set(modes.values()) == ({2} if filtered else {0}), modes
         print(f"jailer start to API socket ready: {ready_s * 1000:.0f} ms")
         os.kill(pid, signal.SIGHUP)
         wait_gone(pid, TIMEOUT_S)

@@ -208,3 +208,16 @@ def test_compile_policy_rejects_unknown_syscall():
 def test_install_filter_unknown_role_is_an_error():
     with pytest.raises(sc.SeccompError, match="unknown thread role"):
         sc.install_filter("gpu")
+
+
+def test_load_filter_file_reads_the_json_format(tmp_path):
+    path = tmp_path / "filters.json"
+    path.write_bytes(_custom_file({"syscall": "getppid"}))
+    policies = sc.load_filter_file(str(path))
+    assert set(policies) == set(sc.ROLES)
+    assert "getppid" in {r.syscall for r in policies["api"].rules}
+
+
+def test_load_filter_file_missing_file_is_an_error(tmp_path):
+    with pytest.raises(sc.SeccompError, match="cannot read the seccomp filter file"):
+        sc.load_filter_file(str(tmp_path / "nope.json"))
