@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -239,12 +240,17 @@ def test_jail_cgroup_v2_creates_vm_cgroup_and_attaches(probe, base, parent_cgrou
 
 
 def test_jail_netns_is_joined(probe, base):
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 is needed to create a network namespace")
-    name = f"sparkler-test-{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    netns = f"/var/run/netns/{name}"
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare is needed to create a network namespace")
+    # a netns handle without `ip netns add` (which leaves a /run/netns mount behind): the namespace
+    # file of a process that unshared its network namespace
+    holder = subprocess.Popen(["unshare", "--net", "sleep", "60"])
+    netns = f"/proc/{holder.pid}/ns/net"
     try:
+        deadline = time.monotonic() + 10
+        while os.stat(netns).st_ino == os.stat("/proc/self/ns/net").st_ino:
+            assert time.monotonic() < deadline, "unshare --net did not take effect"
+            time.sleep(0.01)
         jailer = _hold(probe, base, "vm-j", "--netns", netns)
         root = _root(base, "vm-j")
         read_report(root / "out.txt")
@@ -254,7 +260,8 @@ def test_jail_netns_is_joined(probe, base):
         finally:
             _release(root, pid, jailer)
     finally:
-        subprocess.run(["ip", "netns", "delete", name], check=True)
+        holder.kill()
+        holder.wait()
 
 
 def test_jail_environment_is_empty(probe, base):
