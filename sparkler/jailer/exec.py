@@ -25,13 +25,18 @@ def cpu_time_us() -> int:
 
 
 def daemonize(dev_null: int) -> int:
-    """Double fork + setsid; returns the CPU µs the exiting ancestors spent (0 here: measured once)."""
+    """Double fork + setsid; returns the CPU µs spent by the intermediate (exiting) process.
+
+    (A forked child's process CPU clock starts at 0, so the caller adds this to what it measured
+    before calling, as Firecracker accumulates the CPU time of each stage.)
+    """
     if os.fork() != 0:
         os._exit(0)
     try:
         os.setsid()
     except OSError as e:
         raise JailerError(f"Failed to daemonize: setsid: {e}") from e
+    spent = cpu_time_us()
     if os.fork() != 0:
         os._exit(0)
     try:
@@ -40,7 +45,7 @@ def daemonize(dev_null: int) -> int:
         os.close(dev_null)
     except OSError as e:
         raise JailerError(f"Failed to duplicate fd: {e}") from e
-    return 0
+    return spent
 
 
 def write_pid_file(path: str, pid: int) -> None:

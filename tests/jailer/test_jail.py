@@ -295,3 +295,18 @@ def test_jail_bad_cgroup_value_leaves_no_jail_and_no_cgroup(probe, base, parent_
     assert f"Failed to write to {pids_mount}/{parent_cgroup}/vm-m/pids.max" in result.stderr
     assert list(base.iterdir()) == []
     assert not os.path.exists(os.path.join(pids_mount, parent_cgroup))
+
+
+def test_jail_daemonize_with_new_pid_ns_probe_is_pid_1_detached(probe, base):
+    result = run_jailer(*_args(probe, base, "vm-n", "--daemonize", "--new-pid-ns"), "--", "--hold")
+    assert result.returncode == 0, result.stderr
+    root = _root(base, "vm-n")
+    report = read_report(root / "out.txt")
+    host_pid = int((root / f"{EXEC_NAME}.pid").read_text())
+    try:
+        assert report["pid"] == ["1"]
+        assert os.readlink(f"/proc/{host_pid}/fd/0") == "/dev/null"
+        assert os.getsid(host_pid) != os.getsid(0)
+    finally:
+        (root / "release").touch()
+        wait_gone(host_pid)
