@@ -54,7 +54,19 @@ BASE_URL = "http://sparkler"
 MAX_EXAMPLES = 100
 SEED = 20261127
 # Body fields that name host files: kept when relative and free of "..", else rewritten.
-PATH_FIELDS = ("kernel_image_path", "initrd_path", "log_path", "metrics_path", "serial_out_path")
+PATH_FIELDS = (
+    "kernel_image_path",
+    "initrd_path",
+    "log_path",
+    "metrics_path",
+    "serial_out_path",
+    # device endpoints, once the document lists them
+    "path_on_host",
+    "socket",
+    "uds_path",
+    "snapshot_path",
+    "mem_file_path",
+)
 
 CONFIG = schemathesis.Config.from_dict(
     {
