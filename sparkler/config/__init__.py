@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from sparkler.config.boot_source import BootSourceConfig
+from sparkler.config.drive import DriveConfig, ordered_drives
 from sparkler.config.logger import LoggerConfig
 from sparkler.config.machine import MachineConfig
 from sparkler.config.metrics import MetricsConfig
@@ -20,7 +21,6 @@ from sparkler.errors import ConfigError
 # Sections of Firecracker's config file whose devices Sparkler does not provide yet. An empty value
 # (null or []) is accepted; anything else is refused with a message that names the section.
 NOT_YET_SUPPORTED = (
-    "drives",
     "network-interfaces",
     "vsock",
     "balloon",
@@ -37,7 +37,7 @@ class VmmConfig(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
     machine_config: MachineConfig | None = None
     logger: LoggerConfig | None = None
     metrics: MetricsConfig | None = None
-    drives: list[Any] | None = None
+    drives: list[DriveConfig] | None = None
     network_interfaces: list[Any] | None = None
     vsock: dict[str, Any] | None = None
     balloon: dict[str, Any] | None = None
@@ -51,9 +51,15 @@ class VmmConfig(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
         self.boot_source.validate()
         if self.machine_config is not None:
             self.machine_config.validate()
+        ordered_drives(self.drives)  # each drive valid, at most one root device
         for section in NOT_YET_SUPPORTED:
             if getattr(self, section.replace("-", "_")):
                 raise ConfigError(f"The '{section}' section is not supported by this version of Sparkler yet.")
+
+    @property
+    def block_devices(self) -> list[DriveConfig]:
+        """The drives in attach order: the root device first."""
+        return ordered_drives(self.drives)
 
     @property
     def machine(self) -> MachineConfig:

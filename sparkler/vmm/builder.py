@@ -9,6 +9,7 @@ closed again if a later step fails, so a failed build leaves nothing behind.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -16,12 +17,12 @@ from typing import Any
 
 from sparkler import logger as log
 from sparkler.arch.x86_64 import boot, cpuid, interrupts, layout, loader, msr, regs
-from sparkler.arch.x86_64.cmdline import Cmdline
+from sparkler.arch.x86_64.cmdline import Cmdline, virtio_mmio_device
 from sparkler.config import VmmConfig
 from sparkler.devices.legacy.i8042 import I8042
 from sparkler.devices.legacy.serial import Serial, SerialOutput
 from sparkler.errors import ConfigError
-from sparkler.host.eventfd import EventFdTrigger
+from sparkler.host.eventfd import EventFd, EventFdTrigger
 from sparkler.kvm import system as kvm_system
 from sparkler.memory import GuestMemory
 from sparkler.vmm.bus import Bus
@@ -84,9 +85,16 @@ def _build(config: VmmConfig, mc: Any, options: BuildOptions, cleanup: ExitStack
     if bs.initrd_path is not None:
         initrd = loader.load_initrd(memory, bs.initrd_path, kernel.kernel_end)
 
+    drives = config.block_devices
+    slots = mmio_slots(len(drives))
     cmdline = Cmdline(layout.CMDLINE_MAX_SIZE)
     try:
         cmdline.insert_str(bs.effective_boot_args)
+        for drive, (addr, gsi) in zip(drives, slots, strict=True):
+            if drive.is_root_device:
+                for word in drive.root_cmdline():
+                    cmdline.insert_str(word)
+            cmdline.insert_str(virtio_mmio_device(addr, gsi))
     except ConfigError as e:
         raise ConfigError(f"Invalid boot arguments: {e}") from None
     boot.configure_system(memory, kernel, cmdline.as_bytes(), initrd, mc.vcpu_count)
@@ -137,6 +145,16 @@ def _build(config: VmmConfig, mc: Any, options: BuildOptions, cleanup: ExitStack
         mmio_bus.insert(timer, layout.BOOT_TIMER_ADDR, layout.BOOT_TIMER_SIZE)
         devices["boot_timer"] = timer
 
+    event_handlers: list[tuple[int, Any]] = []
+    try:
+        for drive, (addr, gsi) in zip(drives, slots, strict=True):
+            block = _attach_block(vm, memory, mmio_bus, drive, addr, gsi, closeables, event_handlers)
+            devices[f"block_{drive.drive_id}"] = block
+    except BaseException:
+        for c in reversed(closeables):
+            c.close()
+        raise
+
     supported = kvm.supported_cpuid()
     vcpus: list[Vcpu] = []
     for index in range(mc.vcpu_count):
@@ -150,11 +168,120 @@ def _build(config: VmmConfig, mc: Any, options: BuildOptions, cleanup: ExitStack
         interrupts.set_lint(fd)
         vcpus.append(Vcpu(index, fd, pio_bus, mmio_bus, request_exit))
 
-    machine = Machine(vm, memory, pio_bus, mmio_bus, vcpus, devices, closeables + [vm, kvm])
+    machine = Machine(vm, memory, pio_bus, mmio_bus, vcpus, devices, closeables + [vm, kvm], event_handlers)
     machine_ref.append(machine)
     for c in closeables:
         cleanup.callback(c.close)
     return machine
 
 
-__all__ = ["BuildOptions", "build_microvm", "PVM_HOST_WARNING"]
+def mmio_slots(count: int) -> list[tuple[int, int]]:
+    """``(base address, GSI)`` of the first ``count`` virtio-mmio devices, in attach order."""
+    slots = [(layout.VIRTIO_MMIO_START + n * layout.VIRTIO_MMIO_SIZE, layout.IRQ_BASE + n) for n in range(count)]
+    if slots and slots[-1][1] > layout.IRQ_MAX:
+        raise ConfigError(f"Too many devices: at most {layout.IRQ_MAX - layout.IRQ_BASE + 1} virtio devices fit.")
+    return slots
+
+
+class OneShotTimer:
+    """A non-blocking ``timerfd`` (CLOCK_MONOTONIC) armed for one absolute deadline at a time."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        class timespec(ctypes.Structure):
+            _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+        class itimerspec(ctypes.Structure):
+            _fields_ = [("it_interval", timespec), ("it_value", timespec)]
+
+        self._ctypes, self._timespec, self._itimerspec = ctypes, timespec, itimerspec
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        fd = self._libc.timerfd_create(1, os.O_CLOEXEC | os.O_NONBLOCK)  # CLOCK_MONOTONIC
+        if fd < 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"timerfd_create: {os.strerror(errno)}")
+        self.fd = fd
+        self.armed_ns: int | None = None
+
+    def arm_at(self, deadline_ns: int) -> None:
+        """Fire at ``deadline_ns`` (time.monotonic_ns clock); a deadline already past fires at once."""
+        sec, nsec = divmod(max(deadline_ns, 1), 1_000_000_000)
+        spec = self._itimerspec(self._timespec(0, 0), self._timespec(sec, nsec))
+        if self._libc.timerfd_settime(self.fd, 1, self._ctypes.byref(spec), None) != 0:  # TFD_TIMER_ABSTIME
+            errno = self._ctypes.get_errno()
+            raise OSError(errno, f"timerfd_settime: {os.strerror(errno)}")
+        self.armed_ns = deadline_ns
+
+    def acknowledge(self) -> int:
+        self.armed_ns = None
+        try:
+            return int.from_bytes(os.read(self.fd, 8), "little")
+        except BlockingIOError:
+            return 0
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _attach_block(
+    vm: Any,
+    memory: GuestMemory,
+    mmio_bus: Bus,
+    drive: Any,
+    addr: int,
+    gsi: int,
+    closeables: list[Any],
+    event_handlers: list[tuple[int, Any]],
+) -> Any:
+    """One virtio-blk device on the MMIO bus: irqfd out, one ioeventfd per queue in."""
+    from sparkler.config.rate_limiter import build_rate_limiter
+    from sparkler.devices.virtio import spec
+    from sparkler.devices.virtio.block.device import BlockDevice
+    from sparkler.devices.virtio.block.io import CacheType, DiskBackend
+    from sparkler.devices.virtio.interrupt import IrqTrigger
+    from sparkler.devices.virtio.mmio import MmioTransport
+
+    backend = DiskBackend.open(drive.path_on_host, read_only=drive.read_only, cache_type=CacheType(drive.cache_type))
+    block = BlockDevice(drive.drive_id, backend, build_rate_limiter(drive.rate_limiter))
+    closeables.append(block)
+    block.report_error = log.error
+    irq_evt = EventFdTrigger()
+    closeables.append(irq_evt)
+    vm.register_irqfd(irq_evt, gsi)
+    transport = MmioTransport(block, memory, IrqTrigger(irq_evt))
+    mmio_bus.insert(transport, addr, layout.VIRTIO_MMIO_SIZE)
+
+    timer = OneShotTimer()
+    closeables.append(timer)
+
+    def rearm() -> None:
+        limiter = block.rate_limiter
+        deadline = limiter.timer_deadline_ns if limiter is not None else None
+        if deadline is not None and timer.armed_ns != deadline:
+            timer.arm_at(deadline)
+
+    def on_timer() -> None:
+        if timer.acknowledge():
+            block.process_rate_limiter_event()
+            rearm()
+
+    event_handlers.append((timer.fd, on_timer))
+
+    for index in range(len(block.queues)):
+        queue_evt = EventFd()
+        closeables.append(queue_evt)
+        vm.register_ioeventfd(queue_evt, addr + spec.VIRTIO_MMIO_QUEUE_NOTIFY, 4, datamatch=index)
+
+        def on_kick(evt: EventFd = queue_evt, index: int = index) -> None:
+            if evt.read():
+                block.queue_notify(index)
+                rearm()
+
+        event_handlers.append((queue_evt.fd, on_kick))
+    return transport
+
+
+__all__ = ["BuildOptions", "mmio_slots", "build_microvm", "PVM_HOST_WARNING"]

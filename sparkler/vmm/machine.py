@@ -35,6 +35,8 @@ class Machine:
     devices: dict[str, Any] = field(default_factory=dict)
     # Host resources closed in stop(): fds of eventfds, files, the VM and vCPU fds.
     closeables: list[Any] = field(default_factory=list)
+    # (fd, callback) pairs the VMM thread's event loop serves: device queue kicks, device timers.
+    event_handlers: list[tuple[int, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.state = MachineState.NOT_STARTED

@@ -142,7 +142,7 @@ def run_event_loop(machine: Machine, extra: list[tuple[int, object]] | None = No
     if serial is not None and _stdin_is_interactive():
         os.set_blocking(0, False)
         sel.register(0, selectors.EVENT_READ, "stdin")
-    for fd, handler in extra or []:
+    for fd, handler in [*getattr(machine, "event_handlers", ()), *(extra or [])]:
         sel.register(fd, selectors.EVENT_READ, handler)
     try:
         while machine.exit_code is None:
