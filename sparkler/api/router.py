@@ -205,6 +205,19 @@ def _device_with_id(
     return parse
 
 
+def parse_put_drive(rest: list[str], body: bytes) -> A.VmmAction:
+    """PUT /drives/{drive_id}: the body's drive_id must be the path's."""
+    from sparkler.config.drive import DriveConfig
+    from sparkler.vmm.controller import PutDrive
+
+    drive_id = check_resource_id(rest[0] if rest else None)
+    if len(rest) > 1:
+        raise _invalid_path("PUT", "/drives/" + "/".join(rest))
+    if _decode(body, dict).get("drive_id") != drive_id:
+        raise _Fault(ID_MISMATCH)
+    return PutDrive(_decode(body, DriveConfig))  # type: ignore[return-value]
+
+
 def _device(what: str) -> Callable[[list[str], bytes], A.VmmAction]:
     def parse(rest: list[str], body: bytes) -> A.VmmAction:
         raise _not_supported(what)
@@ -235,7 +248,7 @@ _GET_ROUTES: dict[tuple[str, ...], A.VmmAction] = {
 
 # Endpoints of features later issues provide: (method, first token) -> handler(rest, body).
 _DEVICE_ROUTES: dict[tuple[str, str], Callable[[list[str], bytes], A.VmmAction]] = {
-    ("PUT", "drives"): _device_with_id("Block devices (PUT /drives)", "drive_id", True),
+    ("PUT", "drives"): parse_put_drive,
     ("PATCH", "drives"): _device_with_id("Block devices (PATCH /drives)", "drive_id", True),
     ("DELETE", "drives"): _device_with_id("Block device hot-unplug (DELETE /drives)", "drive_id", False),
     ("PUT", "network-interfaces"): _device_with_id(

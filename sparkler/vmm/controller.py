@@ -50,6 +50,7 @@ from typing import Any
 import msgspec
 
 from sparkler.config import VmmConfig
+from sparkler.config.drive import DriveConfig, insert_drive
 from sparkler.config.logger import LoggerConfig
 from sparkler.config.machine import MachineConfig
 from sparkler.errors import ConfigError, SparklerError
@@ -57,6 +58,23 @@ from sparkler.vmm import actions as A
 from sparkler.vmm.channel import Channel
 
 NOT_STARTED = "Not started"
+
+
+@dataclass(frozen=True)
+class PutDrive:
+    """PUT /drives/{drive_id} (pre-boot): add or replace a block device."""
+
+    config: DriveConfig
+
+
+class DriveConfigError(A.VmmActionError):
+    """Firecracker's ``DriveError``: the message is the detail alone."""
+
+    category = "Drive config error"
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        Exception.__init__(self, detail)
 
 
 @dataclass
@@ -189,12 +207,29 @@ class Controller:
                 return self._put_metrics(metrics)
             case A.PutSerial(config=serial):
                 return self._put_serial(serial)
+            case PutDrive(config=drive):
+                return self._put_drive(drive)
         raise A.InternalVmmError(f"unknown action {type(action).__name__}")
 
     # --- pre-boot configuration ---------------------------------------------------------------
     def _swap(self, **changes: Any) -> A.Empty:
         self.config = msgspec.structs.replace(self.config, **changes)
         return A.Empty()
+
+    def _put_drive(self, drive: DriveConfig) -> A.VmmData:
+        try:
+            drives = insert_drive(list(self.config.drives or []), drive)
+        except ConfigError as e:
+            raise DriveConfigError(str(e)) from None
+        # Firecracker opens the backing file now, so a bad path fails this request, not the boot.
+        flags = (os.O_RDONLY if drive.read_only else os.O_RDWR) | os.O_CLOEXEC
+        try:
+            os.close(os.open(drive.path_on_host or "", flags))
+        except OSError as e:
+            raise DriveConfigError(
+                f"Unable to create the virtio block device: {e.strerror} (os error {e.errno})"
+            ) from None
+        return self._swap(drives=drives)
 
     def _put_boot_source(self, boot_source: Any) -> A.VmmData:
         try:
@@ -355,4 +390,4 @@ def _close_quietly(fd: int | None) -> None:
             pass
 
 
-__all__ = ["Controller", "ControllerHooks", "initial_config"]
+__all__ = ["Controller", "ControllerHooks", "DriveConfigError", "PutDrive", "initial_config"]

@@ -285,7 +285,6 @@ def test_route_unknown_method_is_invalid(method):
 @pytest.mark.parametrize(
     "method, path, doc",
     [
-        ("PUT", "/drives/rootfs", {"drive_id": "rootfs", "is_root_device": True}),
         ("PATCH", "/drives/rootfs", {"drive_id": "rootfs"}),
         ("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap0"}),
         ("PUT", "/pmem/p0", {"id": "p0", "path_on_host": "/x"}),
@@ -330,7 +329,8 @@ def test_route_drive_id_with_forbidden_characters(bad_id):
 
 
 def test_route_drive_id_unicode_alphanumeric_is_allowed():
-    assert "not supported" in fault_text(put("/drives/dé_1", {"drive_id": "dé_1"}))
+    result = put("/drives/dé_1", {"drive_id": "dé_1", "is_root_device": False, "path_on_host": "/x"})
+    assert result.config.drive_id == "dé_1"
 
 
 def test_route_drive_missing_id():
@@ -365,3 +365,28 @@ def test_route_patch_machine_config_null_fields_are_unset():
     # MachineConfigUpdate: every field is Option<T>, so null is "leave unchanged".
     result = patch("/machine-config", {"mem_size_mib": 512, "smt": None})
     assert isinstance(result, A.PatchMachineConfig) and result.update.smt is None
+
+
+# --- PUT /drives ----------------------------------------------------------------------------------
+def test_route_put_drive_decodes_the_body():
+    from sparkler.vmm.controller import PutDrive
+
+    body = {
+        "drive_id": "rootfs",
+        "is_root_device": True,
+        "path_on_host": "/img",
+        "is_read_only": True,
+        "cache_type": "Writeback",
+        "rate_limiter": {"bandwidth": {"size": 1000, "refill_time": 100}},
+    }
+    result = put("/drives/rootfs", body)
+    assert isinstance(result, PutDrive)
+    assert result.config.cache_type == "Writeback" and result.config.rate_limiter.bandwidth.size == 1000
+
+
+def test_route_put_drive_bad_bodies():
+    assert fault_text(put("/drives/r", {"drive_id": "r"})).startswith("An error occurred when deserializing")
+    bad_cache = {"drive_id": "r", "is_root_device": False, "path_on_host": "/x", "cache_type": "Writethrough"}
+    assert "cache_type" in fault_text(put("/drives/r", bad_cache))
+    text = fault_text(put("/drives/one", {"drive_id": "two", "is_root_device": False, "path_on_host": "/x"}))
+    assert text == "The id from the path does not match the id from the body!"

@@ -52,3 +52,37 @@ def test_async_io_engine_is_refused(kvm, probe_kernel, run_vmm, tmp_path):
     run = run_vmm(_config(probe_kernel, drives))
     assert run.returncode != 0, run.describe()
     assert "Async" in run.stdout + run.stderr, run.describe()
+
+
+def test_put_drive_over_the_api_then_boot(kvm, probe_kernel, tmp_path):
+    import json
+
+    from sparkler.sdk import MicroVM
+    from sparkler.sdk.client import ApiError
+    from tests.e2e.test_api_boot import Vmm
+
+    img = tmp_path / "root.img"
+    img.write_bytes(bytes(64 * 1024))
+    vmm = Vmm(tmp_path)
+    try:
+        with MicroVM(vmm.sock) as vm:
+            vmm.start()
+            body = {"drive_id": "rootfs", "is_root_device": True, "path_on_host": str(img), "is_read_only": True}
+            vm.api.request("PUT", "/drives/rootfs", body)
+            second_root = {"drive_id": "other", "is_root_device": True, "path_on_host": str(img)}
+            try:
+                vm.api.request("PUT", "/drives/other", second_root)
+                raise AssertionError("a second root device was accepted")
+            except ApiError as e:
+                assert "A root block device already exists!" in str(e)
+            config = json.loads(vm.api.request("GET", "/vm/config"))
+            assert [d["drive_id"] for d in config["drives"]] == ["rootfs"]
+            assert config["drives"][0]["is_read_only"] is True
+            vm.configure(str(probe_kernel), boot_args=BASE_ARGS, vcpus=1, mem_mib=128)
+            vm.start()
+            assert vmm.wait() == 0, vmm.describe()
+        out = vmm.stdout
+        assert f"{BASE_ARGS} root=/dev/vda ro virtio_mmio.device=4K@0xc0001000:5" in out, vmm.describe()
+        assert "INFO probe done" in out, vmm.describe()
+    finally:
+        vmm.stop()

@@ -119,3 +119,25 @@ def test_partuuid_root_and_rw(kvm, probe_kernel, tmp_path):
         assert _cmdline(machine) == "a=b root=PARTUUID=abcd-01 rw virtio_mmio.device=4K@0xc0001000:5"
     finally:
         machine.stop()
+
+
+# --- PUT /drives in the controller ------------------------------------------------------------------
+def test_controller_put_drive(tmp_path):
+    from sparkler.vmm import actions as A
+    from sparkler.vmm.controller import Controller, DriveConfigError, PutDrive
+
+    ctl = Controller(lambda config, options: None)
+    img = _disk(tmp_path, "a.img")
+    assert isinstance(ctl.handle(PutDrive(DriveConfig(drive_id="data", is_root_device=False, path_on_host=img))), A.Empty)
+    assert isinstance(ctl.handle(PutDrive(DriveConfig(drive_id="root", is_root_device=True, path_on_host=img))), A.Empty)
+    assert [d.drive_id for d in ctl.config.drives] == ["root", "data"]
+
+    err = ctl.handle(PutDrive(DriveConfig(drive_id="root2", is_root_device=True, path_on_host=img)))
+    assert isinstance(err, DriveConfigError) and str(err) == "A root block device already exists!"
+    err = ctl.handle(PutDrive(DriveConfig(drive_id="x", is_root_device=False, path_on_host=str(tmp_path / "no"))))
+    assert isinstance(err, DriveConfigError) and "Unable to create the virtio block device" in str(err)
+    err = ctl.handle(PutDrive(DriveConfig(drive_id="x", is_root_device=False, path_on_host=img, io_engine="Async")))
+    assert isinstance(err, DriveConfigError) and "Async" in str(err)
+    assert [d.drive_id for d in ctl.config.drives] == ["root", "data"]  # errors change nothing
+    vm_config = ctl.handle(A.GetVmConfig())
+    assert [d.drive_id for d in vm_config.config.drives] == ["root", "data"]
