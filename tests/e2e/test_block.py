@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 BASE_ARGS = "console=ttyS0 reboot=k panic=1 probe.cpus=1 probe.mem_mib=128"
 
 
@@ -86,3 +88,38 @@ def test_put_drive_over_the_api_then_boot(kvm, probe_kernel, tmp_path):
         assert "INFO probe done" in out, vmm.describe()
     finally:
         vmm.stop()
+
+
+def _pattern() -> bytes:
+    return bytes((i * 7 + 0x5A) & 0xFF for i in range(512))
+
+
+def test_probe_writes_reads_flushes_and_gets_id(kvm, probe_kernel, run_vmm, tmp_path):
+    img = tmp_path / "data.img"
+    original = bytes((i * 13) & 0xFF for i in range(64 * 1024))
+    img.write_bytes(original)
+    drives = [{"drive_id": "rootfs", "is_root_device": True, "path_on_host": str(img), "cache_type": "Writeback"}]
+    run = run_vmm(_config(probe_kernel, drives, "probe.blk=rw probe.blk_sector=3"))
+    _assert_clean(run)
+    for name in ("blk_init", "blk_write", "blk_read", "blk_flush", "blk_id", "blk_range"):
+        assert run.reports.passed(name), f"no PASS {name}\n" + run.describe()
+    assert run.reports.named("blk_init", "PASS")[0].fields["capacity"] == "128"
+    after = img.read_bytes()
+    assert after[3 * 512 : 4 * 512] == _pattern()
+    assert after[: 3 * 512] == original[: 3 * 512] and after[4 * 512 :] == original[4 * 512 :]
+    st = os.stat(img)
+    expected_id = f"{st.st_dev}{st.st_rdev}{st.st_ino}"[:20]
+    assert run.reports.named("blk_id", "PASS")[0].fields["id"] == expected_id
+
+
+def test_probe_read_only_drive_refuses_writes(kvm, probe_kernel, run_vmm, tmp_path):
+    img = tmp_path / "ro.img"
+    original = bytes((i * 13) & 0xFF for i in range(64 * 1024))
+    img.write_bytes(original)
+    drives = [{"drive_id": "rootfs", "is_root_device": True, "path_on_host": str(img), "is_read_only": True}]
+    run = run_vmm(_config(probe_kernel, drives, "probe.blk=ro"))
+    _assert_clean(run)
+    for name in ("blk_init", "blk_ro_write", "blk_read", "blk_id", "blk_range"):
+        assert run.reports.passed(name), f"no PASS {name}\n" + run.describe()
+    assert run.reports.named("blk_init", "PASS")[0].fields["ro"] == "1"
+    assert img.read_bytes() == original

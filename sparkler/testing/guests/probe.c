@@ -1148,6 +1148,159 @@ static void do_fault(void)
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * probe.blk=rw|ro: a polling virtio-blk driver for the first virtio-mmio device (0xc0001000).
+ * One 8-entry split queue in the image's .bss; QueueNotify goes through the VMM's ioeventfd and
+ * completion is polled on the used ring (no interrupts). probe.blk_sector=N picks the sector.
+ */
+#define VBLK_BASE 0xc0001000ul
+#define VQ_SIZE 8
+
+struct vq_desc { u64 addr; u32 len; u16 flags, next; };
+static struct vq_desc vq_desc[VQ_SIZE] __attribute__((aligned(16)));
+static struct { u16 flags, idx, ring[VQ_SIZE], used_event; } vq_avail __attribute__((aligned(2)));
+static struct { u16 flags, idx; struct { u32 id, len; } ring[VQ_SIZE]; u16 avail_event; } vq_used
+    __attribute__((aligned(4)));
+static struct { u32 type, reserved; u64 sector; } blk_hdr __attribute__((aligned(16)));
+static u8 blk_status __attribute__((aligned(16)));
+static u8 blk_wbuf[512] __attribute__((aligned(512)));
+static u8 blk_rbuf[512] __attribute__((aligned(512)));
+static u16 vq_last_used;
+
+static void vblk_w(u32 off, u32 v) { mmio_write32(VBLK_BASE + off, v); }
+static u32 vblk_r(u32 off) { return mmio_read32(VBLK_BASE + off); }
+
+/* One request; returns the status byte (0xff: no completion in time) and the used length. */
+static u32 vblk_request(u32 type, u64 sector, u8 *buf, u32 len, u32 *used_len)
+{
+    blk_hdr.type = type;
+    blk_hdr.reserved = 0;
+    blk_hdr.sector = sector;
+    blk_status = 0xff;
+    u16 n = 0;
+    vq_desc[n] = (struct vq_desc){(u64)&blk_hdr, 16, 1, (u16)(n + 1)};
+    n++;
+    if (len) {
+        u16 fl = 1 | ((type == 1) ? 0 : 2); /* NEXT | WRITE for IN / GET_ID */
+        vq_desc[n] = (struct vq_desc){(u64)buf, len, fl, (u16)(n + 1)};
+        n++;
+    }
+    vq_desc[n] = (struct vq_desc){(u64)&blk_status, 1, 2, 0};
+    vq_avail.ring[vq_avail.idx % VQ_SIZE] = 0;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    *(volatile u16 *)&vq_avail.idx = vq_avail.idx + 1;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    vblk_w(0x50, 0); /* QueueNotify: the ioeventfd */
+    for (u64 spin = 0; spin < 20000000ul; spin++) {
+        if (*(volatile u16 *)&vq_used.idx != vq_last_used) {
+            __atomic_thread_fence(__ATOMIC_SEQ_CST);
+            *used_len = vq_used.ring[vq_last_used % VQ_SIZE].len;
+            vq_last_used++;
+            return *(volatile u8 *)&blk_status;
+        }
+        cpu_relax();
+    }
+    *used_len = 0;
+    return 0xff;
+}
+
+static void check_blk(int read_only)
+{
+    if (vblk_r(0x000) != 0x74726976 || vblk_r(0x004) != 2 || vblk_r(0x008) != 2) {
+        fail("blk_probe magic=0x%x version=%u device=%u\n", vblk_r(0x000), vblk_r(0x004), vblk_r(0x008));
+        return;
+    }
+    vblk_w(0x070, 0);
+    vblk_w(0x070, 1);
+    vblk_w(0x070, 1 | 2);
+    vblk_w(0x014, 1);
+    u32 hi = vblk_r(0x010);
+    vblk_w(0x014, 0);
+    u32 lo = vblk_r(0x010);
+    if (!(hi & 1)) {
+        fail("blk_features no VERSION_1 lo=0x%x hi=0x%x\n", lo, hi);
+        return;
+    }
+    vblk_w(0x024, 1);
+    vblk_w(0x020, 1);
+    vblk_w(0x024, 0);
+    vblk_w(0x020, lo & ((1u << 9) | (1u << 5))); /* FLUSH, RO; no EVENT_IDX */
+    vblk_w(0x070, 1 | 2 | 8);
+    if (!(vblk_r(0x070) & 8)) {
+        fail("blk_features features_ok refused\n");
+        return;
+    }
+    vblk_w(0x030, 0);
+    u32 qmax = vblk_r(0x034);
+    if (qmax < VQ_SIZE) {
+        fail("blk_queue max=%u\n", qmax);
+        return;
+    }
+    vblk_w(0x038, VQ_SIZE);
+    vblk_w(0x080, (u32)(u64)vq_desc);
+    vblk_w(0x084, (u32)((u64)vq_desc >> 32));
+    vblk_w(0x090, (u32)(u64)&vq_avail);
+    vblk_w(0x094, (u32)((u64)&vq_avail >> 32));
+    vblk_w(0x0a0, (u32)(u64)&vq_used);
+    vblk_w(0x0a4, (u32)((u64)&vq_used >> 32));
+    vblk_w(0x044, 1);
+    vblk_w(0x070, 1 | 2 | 8 | 4);
+    u32 status = vblk_r(0x070);
+    if (status != (1 | 2 | 8 | 4)) {
+        fail("blk_init status=0x%x\n", status);
+        return;
+    }
+    u64 capacity = vblk_r(0x100) | ((u64)vblk_r(0x104) << 32);
+    print("PASS blk_init capacity=%lu features=0x%x ro=%u flush=%u\n", capacity, lo, (lo >> 5) & 1,
+          (lo >> 9) & 1);
+
+    u64 sector = cmd_u64_or("blk_sector", 2);
+    u32 used, st;
+    for (u32 i = 0; i < 512; i++)
+        blk_wbuf[i] = (u8)(i * 7 + 0x5a);
+    st = vblk_request(1, sector, blk_wbuf, 512, &used);
+    if (read_only) {
+        if (st == 1)
+            print("PASS blk_ro_write status=%u\n", st);
+        else
+            fail("blk_ro_write status=%u\n", st);
+    } else if (st == 0 && used == 1) {
+        print("PASS blk_write sector=%lu\n", sector);
+    } else {
+        fail("blk_write status=%u used=%u\n", st, used);
+    }
+    memset(blk_rbuf, 0, sizeof(blk_rbuf));
+    st = vblk_request(0, sector, blk_rbuf, 512, &used);
+    u32 diff = 0;
+    for (u32 i = 0; i < 512; i++)
+        diff += blk_rbuf[i] != blk_wbuf[i];
+    if (st != 0 || used != 513)
+        fail("blk_read status=%u used=%u\n", st, used);
+    else if (!read_only && diff)
+        fail("blk_read mismatches=%u\n", diff);
+    else
+        print("PASS blk_read sector=%lu first=0x%x mismatches=%u\n", sector, blk_rbuf[0], diff);
+    if (lo & (1u << 9)) {
+        st = vblk_request(4, 0, 0, 0, &used);
+        if (st == 0)
+            print("PASS blk_flush\n");
+        else
+            fail("blk_flush status=%u\n", st);
+    }
+    memset(blk_rbuf, 0, sizeof(blk_rbuf));
+    st = vblk_request(8, 0, blk_rbuf, 20, &used);
+    blk_rbuf[20] = 0;
+    if (st == 0 && used == 21)
+        print("PASS blk_id id=%s\n", (const char *)blk_rbuf);
+    else
+        fail("blk_id status=%u used=%u\n", st, used);
+    st = vblk_request(0, capacity, blk_rbuf, 512, &used);
+    if (st == 1)
+        print("PASS blk_range status=%u\n", st);
+    else
+        fail("blk_range status=%u\n", st);
+}
+
+/* ---------------------------------------------------------------------------------------------
  * main
  */
 void probe_main(u64 kind, u64 info)
@@ -1186,6 +1339,8 @@ void probe_main(u64 kind, u64 info)
         __asm__ volatile("movb %0, (%1)" : : "q"((u8)123), "r"(FC_MMIO32_START) : "memory");
         print("INFO boot_timer written\n");
     }
+    if (cmd_is("blk", "rw") || cmd_is("blk", "ro"))
+        check_blk(cmd_is("blk", "ro"));
     if (cmd_is("hang", "1")) {
         print("INFO hang\n");
         for (;;)
