@@ -218,6 +218,19 @@ def parse_put_drive(rest: list[str], body: bytes) -> A.VmmAction:
     return PutDrive(_decode(body, DriveConfig))  # type: ignore[return-value]
 
 
+def parse_patch_drive(rest: list[str], body: bytes) -> A.VmmAction:
+    """PATCH /drives/{drive_id} (after boot): path_on_host and/or rate_limiter."""
+    from sparkler.config.drive import DriveUpdate
+    from sparkler.vmm.controller import PatchDrive
+
+    drive_id = check_resource_id(rest[0] if rest else None)
+    if len(rest) > 1:
+        raise _invalid_path("PATCH", "/drives/" + "/".join(rest))
+    if _decode(body, dict).get("drive_id") != drive_id:
+        raise _Fault(ID_MISMATCH)
+    return PatchDrive(_decode(body, DriveUpdate))  # type: ignore[return-value]
+
+
 def _device(what: str) -> Callable[[list[str], bytes], A.VmmAction]:
     def parse(rest: list[str], body: bytes) -> A.VmmAction:
         raise _not_supported(what)
@@ -249,7 +262,7 @@ _GET_ROUTES: dict[tuple[str, ...], A.VmmAction] = {
 # Endpoints of features later issues provide: (method, first token) -> handler(rest, body).
 _DEVICE_ROUTES: dict[tuple[str, str], Callable[[list[str], bytes], A.VmmAction]] = {
     ("PUT", "drives"): parse_put_drive,
-    ("PATCH", "drives"): _device_with_id("Block devices (PATCH /drives)", "drive_id", True),
+    ("PATCH", "drives"): parse_patch_drive,
     ("DELETE", "drives"): _device_with_id("Block device hot-unplug (DELETE /drives)", "drive_id", False),
     ("PUT", "network-interfaces"): _device_with_id(
         "Network interfaces (PUT /network-interfaces)", "iface_id", True

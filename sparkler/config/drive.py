@@ -59,6 +59,18 @@ class DriveConfig(msgspec.Struct, forbid_unknown_fields=True):
         return [root, "ro" if self.read_only else "rw"]
 
 
+class DriveUpdate(msgspec.Struct, forbid_unknown_fields=True):
+    """PATCH /drives/{drive_id} (after boot): a new backing file and/or new rate limiter buckets."""
+
+    drive_id: str
+    path_on_host: str | None = None
+    rate_limiter: RateLimiterConfig | None = None
+
+    def validate(self) -> None:
+        if self.path_on_host is None and self.rate_limiter is None:
+            raise ConfigError("Please specify at least one property to patch: path_on_host, rate_limiter.")
+
+
 def insert_drive(drives: list[DriveConfig], new: DriveConfig) -> list[DriveConfig]:
     """Firecracker's ``BlockBuilder::insert``: a new list with ``new`` added or replacing its id.
 
@@ -92,6 +104,7 @@ def ordered_drives(drives: list[DriveConfig] | None) -> list[DriveConfig]:
 __all__ = [
     "ASYNC_NOT_SUPPORTED",
     "DriveConfig",
+    "DriveUpdate",
     "ROOT_EXISTS",
     "VHOST_USER_NOT_SUPPORTED",
     "insert_drive",

@@ -50,7 +50,7 @@ from typing import Any
 import msgspec
 
 from sparkler.config import VmmConfig
-from sparkler.config.drive import DriveConfig, insert_drive
+from sparkler.config.drive import DriveConfig, DriveUpdate, insert_drive
 from sparkler.config.logger import LoggerConfig
 from sparkler.config.machine import MachineConfig
 from sparkler.errors import ConfigError, SparklerError
@@ -65,6 +65,13 @@ class PutDrive:
     """PUT /drives/{drive_id} (pre-boot): add or replace a block device."""
 
     config: DriveConfig
+
+
+@dataclass(frozen=True)
+class PatchDrive:
+    """PATCH /drives/{drive_id} (post-boot): swap the backing file and/or the rate limiter."""
+
+    update: DriveUpdate
 
 
 class DriveConfigError(A.VmmActionError):
@@ -191,6 +198,10 @@ class Controller:
                 return self._timed("pause vm", "pause")
             case A.PatchVmState(state="Resumed"):
                 return self._timed("resume vm", "resume")
+            case PatchDrive(update=update) if booted:
+                return self._patch_drive(update)
+            case PatchDrive():
+                raise A.OperationNotSupportedPreBoot()
             case _ if booted:
                 raise A.OperationNotSupportedPostBoot()
             case A.PutBootSource(config=boot_source):
@@ -229,6 +240,46 @@ class Controller:
             raise DriveConfigError(
                 f"Unable to create the virtio block device: {e.strerror} (os error {e.errno})"
             ) from None
+        return self._swap(drives=drives)
+
+    def _patch_drive(self, update: DriveUpdate) -> A.VmmData:
+        from sparkler.config.rate_limiter import build_rate_limiter
+        from sparkler.devices.virtio.block.io import DiskBackend
+        from sparkler.ratelimit import UNCHANGED, TokenBucket
+
+        prefix = "Unable to patch the block device: "
+        try:
+            update.validate()
+        except ConfigError as e:
+            raise DriveConfigError(prefix + str(e)) from None
+        transport = self.machine.devices.get(f"block_{update.drive_id}")
+        current = next((d for d in self.config.drives or [] if d.drive_id == update.drive_id), None)
+        if transport is None or current is None:
+            raise DriveConfigError(prefix + f"no block device with id {update.drive_id!r}.")
+        block = transport.device
+        if update.path_on_host is not None:
+            try:
+                backend = DiskBackend.open(
+                    update.path_on_host, read_only=block.backend.read_only, cache_type=block.backend.cache_type
+                )
+            except SparklerError as e:
+                raise DriveConfigError(prefix + str(e)) from None
+            block.update_backend(backend)
+            current = msgspec.structs.replace(current, path_on_host=update.path_on_host)
+        if update.rate_limiter is not None:
+            rl = update.rate_limiter
+            if block.rate_limiter is None:
+                block.update_rate_limiter(build_rate_limiter(rl))
+            else:
+                now = block.rate_limiter.clock()
+
+                def bucket(b: Any) -> Any:
+                    return UNCHANGED if b is None else TokenBucket.create(b.size, b.one_time_burst or 0, b.refill_time, now)
+
+                with block.lock:
+                    block.rate_limiter.update_buckets(bucket(rl.bandwidth), bucket(rl.ops))
+            current = msgspec.structs.replace(current, rate_limiter=rl)
+        drives = [current if d.drive_id == current.drive_id else d for d in self.config.drives or []]
         return self._swap(drives=drives)
 
     def _put_boot_source(self, boot_source: Any) -> A.VmmData:
@@ -390,4 +441,4 @@ def _close_quietly(fd: int | None) -> None:
             pass
 
 
-__all__ = ["Controller", "ControllerHooks", "DriveConfigError", "PutDrive", "initial_config"]
+__all__ = ["Controller", "ControllerHooks", "DriveConfigError", "PatchDrive", "PutDrive", "initial_config"]

@@ -285,7 +285,6 @@ def test_route_unknown_method_is_invalid(method):
 @pytest.mark.parametrize(
     "method, path, doc",
     [
-        ("PATCH", "/drives/rootfs", {"drive_id": "rootfs"}),
         ("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap0"}),
         ("PUT", "/pmem/p0", {"id": "p0", "path_on_host": "/x"}),
         ("PUT", "/vsock", {"guest_cid": 3, "uds_path": "/v"}),
@@ -390,3 +389,13 @@ def test_route_put_drive_bad_bodies():
     assert "cache_type" in fault_text(put("/drives/r", bad_cache))
     text = fault_text(put("/drives/one", {"drive_id": "two", "is_root_device": False, "path_on_host": "/x"}))
     assert text == "The id from the path does not match the id from the body!"
+
+
+def test_route_patch_drive_decodes_the_body():
+    from sparkler.vmm.controller import PatchDrive
+
+    result = patch("/drives/rootfs", {"drive_id": "rootfs", "path_on_host": "/new"})
+    assert isinstance(result, PatchDrive) and result.update.path_on_host == "/new"
+    text = fault_text(patch("/drives/one", {"drive_id": "two", "path_on_host": "/x"}))
+    assert text == "The id from the path does not match the id from the body!"
+    assert "is_root_device" in fault_text(patch("/drives/r", {"drive_id": "r", "is_root_device": True}))

@@ -141,3 +141,51 @@ def test_controller_put_drive(tmp_path):
     assert [d.drive_id for d in ctl.config.drives] == ["root", "data"]  # errors change nothing
     vm_config = ctl.handle(A.GetVmConfig())
     assert [d.drive_id for d in vm_config.config.drives] == ["root", "data"]
+
+
+def test_controller_patch_drive_after_boot(kvm, probe_kernel, tmp_path):
+    from sparkler.config.drive import DriveUpdate
+    from sparkler.config.rate_limiter import RateLimiterConfig
+    from sparkler.config.serial import TokenBucketConfig
+    from sparkler.vmm import actions as A
+    from sparkler.vmm.controller import Controller, DriveConfigError, PatchDrive
+
+    machines = []
+
+    def builder(config, options):
+        machine = build_microvm(config, options)
+        machine.start = lambda: None  # keep the vCPUs parked: only the devices matter here
+        machines.append(machine)
+        return machine
+
+    small, big = _disk(tmp_path, "small.img", sectors=8), _disk(tmp_path, "big.img", sectors=32)
+    config = _config(probe_kernel, [DriveConfig(drive_id="rootfs", is_root_device=True, path_on_host=small)])
+    ctl = Controller(builder, BuildOptions(serial_out=os.open(os.devnull, os.O_WRONLY)), config=config)
+    pre = ctl.handle(PatchDrive(DriveUpdate(drive_id="rootfs", path_on_host=big)))
+    assert isinstance(pre, A.OperationNotSupportedPreBoot)
+    assert isinstance(ctl.handle(A.StartMicroVm()), A.Empty)
+    try:
+        block = machines[0].devices["block_rootfs"].device
+        generation = block.config_generation
+        assert isinstance(ctl.handle(PatchDrive(DriveUpdate(drive_id="rootfs", path_on_host=big))), A.Empty)
+        assert block.capacity_sectors == 32 and block.config_generation == generation + 1
+        assert int.from_bytes(block.config_space[:8], "little") == 32
+        assert ctl.config.drives[0].path_on_host == big
+
+        limiter = RateLimiterConfig(ops=TokenBucketConfig(size=100, refill_time=1000))
+        assert isinstance(ctl.handle(PatchDrive(DriveUpdate(drive_id="rootfs", rate_limiter=limiter))), A.Empty)
+        assert block.rate_limiter.ops.size == 100 and block.rate_limiter.bandwidth is None
+        bw = RateLimiterConfig(bandwidth=TokenBucketConfig(size=4096, refill_time=100))
+        assert isinstance(ctl.handle(PatchDrive(DriveUpdate(drive_id="rootfs", rate_limiter=bw))), A.Empty)
+        assert block.rate_limiter.ops.size == 100 and block.rate_limiter.bandwidth.size == 4096
+
+        for bad in (
+            DriveUpdate(drive_id="nope", path_on_host=big),
+            DriveUpdate(drive_id="rootfs", path_on_host=str(tmp_path / "missing")),
+            DriveUpdate(drive_id="rootfs"),
+        ):
+            err = ctl.handle(PatchDrive(bad))
+            assert isinstance(err, DriveConfigError) and str(err).startswith("Unable to patch the block device: ")
+        assert block.capacity_sectors == 32
+    finally:
+        machines[0].stop()
