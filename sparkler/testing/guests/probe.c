@@ -1190,7 +1190,7 @@ static u32 vblk_request(u32 type, u64 sector, u8 *buf, u32 len, u32 *used_len)
     *(volatile u16 *)&vq_avail.idx = vq_avail.idx + 1;
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     vblk_w(0x50, 0); /* QueueNotify: the ioeventfd */
-    for (u64 spin = 0; spin < 20000000ul; spin++) {
+    for (u64 spin = 0; spin < 200000000ul; spin++) {
         if (*(volatile u16 *)&vq_used.idx != vq_last_used) {
             __atomic_thread_fence(__ATOMIC_SEQ_CST);
             *used_len = vq_used.ring[vq_last_used % VQ_SIZE].len;
