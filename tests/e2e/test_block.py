@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 BASE_ARGS = "console=ttyS0 reboot=k panic=1 probe.cpus=1 probe.mem_mib=128"
 
@@ -139,3 +140,35 @@ def test_rate_limited_drive_throttles_and_resumes_on_its_timer(kvm, probe_kernel
         assert limited.reports.passed(name), f"no PASS {name}\n" + limited.describe()
     assert limited.duration_s >= 0.3, limited.duration_s
     assert img.read_bytes()[1024:1536] == _pattern()
+
+
+def test_patch_drive_after_boot_resizes_what_the_guest_sees(kvm, probe_kernel, tmp_path):
+    import time
+
+    from sparkler.sdk import MicroVM
+    from tests.e2e.test_api_boot import Vmm
+
+    small, big = tmp_path / "small.img", tmp_path / "big.img"
+    small.write_bytes(bytes(64 * 1024))
+    big.write_bytes(bytes(256 * 1024))
+    vmm = Vmm(tmp_path)
+    try:
+        with MicroVM(vmm.sock) as vm:
+            vmm.start()
+            body = {"drive_id": "rootfs", "is_root_device": True, "path_on_host": str(small)}
+            vm.api.request("PUT", "/drives/rootfs", body)
+            vm.configure(str(probe_kernel), boot_args=f"{BASE_ARGS} probe.blk=rw probe.blk_resize=1", vcpus=1, mem_mib=128)
+            vm.start()
+            deadline = time.monotonic() + 30
+            while "INFO blk_waiting" not in vmm.stdout:
+                assert time.monotonic() < deadline and vmm.proc.poll() is None, vmm.describe()
+                time.sleep(0.02)
+            vm.api.request("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": str(big)})
+            assert vmm.wait() == 0, vmm.describe()
+        out = vmm.stdout
+        assert "PASS blk_init capacity=128 " in out, vmm.describe()
+        # isr: bit 1 is the config change; bit 0 (vring) stays set since the polling driver never acks it.
+        assert re.search(r"PASS blk_resize capacity=512 isr=[23]\b", out), vmm.describe()
+        assert "FAIL" not in out, vmm.describe()
+    finally:
+        vmm.stop()

@@ -1298,6 +1298,22 @@ static void check_blk(int read_only)
         print("PASS blk_range status=%u\n", st);
     else
         fail("blk_range status=%u\n", st);
+    if (cmd_is("blk_resize", "1")) {
+        /* The test PATCHes the drive now; the device bumps ConfigGeneration and raises a config
+         * interrupt (InterruptStatus bit 1). */
+        u32 gen = vblk_r(0x0fc);
+        print("INFO blk_waiting generation=%u\n", gen);
+        u64 spin = 0;
+        while (vblk_r(0x0fc) == gen && spin++ < 2000000000ul)
+            cpu_relax();
+        u32 isr = vblk_r(0x060);
+        vblk_w(0x064, isr);
+        u64 cap2 = vblk_r(0x100) | ((u64)vblk_r(0x104) << 32);
+        if (vblk_r(0x0fc) != gen && (isr & 2))
+            print("PASS blk_resize capacity=%lu isr=%u\n", cap2, isr);
+        else
+            fail("blk_resize capacity=%lu isr=%u\n", cap2, isr);
+    }
 }
 
 /* ---------------------------------------------------------------------------------------------
