@@ -208,7 +208,7 @@ def _device_with_id(
 def parse_put_drive(rest: list[str], body: bytes) -> A.VmmAction:
     """PUT /drives/{drive_id}: the body's drive_id must be the path's."""
     from sparkler.config.drive import DriveConfig
-    from sparkler.vmm.controller import PutDrive
+    from sparkler.vmm.actions import PutDrive
 
     drive_id = check_resource_id(rest[0] if rest else None)
     if len(rest) > 1:
@@ -221,7 +221,7 @@ def parse_put_drive(rest: list[str], body: bytes) -> A.VmmAction:
 def parse_patch_drive(rest: list[str], body: bytes) -> A.VmmAction:
     """PATCH /drives/{drive_id} (after boot): path_on_host and/or rate_limiter."""
     from sparkler.config.drive import DriveUpdate
-    from sparkler.vmm.controller import PatchDrive
+    from sparkler.vmm.actions import PatchDrive
 
     drive_id = check_resource_id(rest[0] if rest else None)
     if len(rest) > 1:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from sparkler.config import VmmConfig
     from sparkler.config.boot_source import BootSourceConfig
     from sparkler.config.cpu_config import CpuConfig
+    from sparkler.config.drive import DriveConfig, DriveUpdate
     from sparkler.config.logger import LoggerConfig
     from sparkler.config.machine import MachineConfig, MachineConfigUpdate
     from sparkler.config.metrics import MetricsConfig
@@ -107,6 +108,20 @@ class PatchVmState:
     state: Literal["Paused", "Resumed"]
 
 
+@dataclass(frozen=True)
+class PutDrive:
+    """PUT /drives/{drive_id} (pre-boot): add or replace a block device."""
+
+    config: DriveConfig
+
+
+@dataclass(frozen=True)
+class PatchDrive:
+    """PATCH /drives/{drive_id} (post-boot): swap the backing file and/or the rate limiter."""
+
+    update: DriveUpdate
+
+
 VmmAction = (
     GetInstanceInfo
     | GetVersion
@@ -123,6 +138,8 @@ VmmAction = (
     | PutMetrics
     | PutSerial
     | PatchVmState
+    | PutDrive
+    | PatchDrive
 )
 ACTION_TYPES = VmmAction.__args__  # type: ignore[attr-defined]
 
@@ -182,6 +199,16 @@ class MachineConfigError(VmmActionError):
 
 class CpuConfigError(VmmActionError):
     category = "Configure CPU error"
+
+
+class DriveConfigError(VmmActionError):
+    """Firecracker's ``DriveError``: the message is the detail alone."""
+
+    category = "Drive config error"
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        Exception.__init__(self, detail)
 
 
 class LoggerError(VmmActionError):

@@ -55,33 +55,10 @@ from sparkler.config.logger import LoggerConfig
 from sparkler.config.machine import MachineConfig
 from sparkler.errors import ConfigError, SparklerError
 from sparkler.vmm import actions as A
+from sparkler.vmm.actions import DriveConfigError, PatchDrive, PutDrive  # noqa: F401 - re-exported
 from sparkler.vmm.channel import Channel
 
 NOT_STARTED = "Not started"
-
-
-@dataclass(frozen=True)
-class PutDrive:
-    """PUT /drives/{drive_id} (pre-boot): add or replace a block device."""
-
-    config: DriveConfig
-
-
-@dataclass(frozen=True)
-class PatchDrive:
-    """PATCH /drives/{drive_id} (post-boot): swap the backing file and/or the rate limiter."""
-
-    update: DriveUpdate
-
-
-class DriveConfigError(A.VmmActionError):
-    """Firecracker's ``DriveError``: the message is the detail alone."""
-
-    category = "Drive config error"
-
-    def __init__(self, detail: str) -> None:
-        self.detail = detail
-        Exception.__init__(self, detail)
 
 
 @dataclass
