@@ -9,7 +9,6 @@ started before the first request is served, as Firecracker does.
 
 from __future__ import annotations
 
-import dataclasses
 import selectors
 import time
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from sparkler.metrics import METRICS
 from sparkler.vmm.runtime import (
     EXIT_GENERIC,
     EXIT_OK,
+    build_options,
     final_metrics_flush,
     metrics_started,
     periodic_metrics,
@@ -27,7 +27,7 @@ from sparkler.vmm.runtime import (
     setup_process,
     signal_wakeup,
 )
-from sparkler.vmm.runtime_options import RunOptions
+from sparkler.vmm.runtime_options import BuildOptions, RunOptions
 
 if TYPE_CHECKING:
     from sparkler.config import VmmConfig
@@ -54,12 +54,7 @@ def run(options: RunOptions, config: VmmConfig | None) -> int:
     )
     controller = Controller(
         _build_microvm,
-        _PendingBuildOptions(
-            boot_timer=options.boot_timer,
-            instance_id=options.instance_id,
-            start_wall_us=time.monotonic_ns() // 1000,
-            start_cpu_us=time.process_time_ns() // 1000,
-        ),
+        build_options(options),
         options.instance_id,
         channel=channel,
         config=config,
@@ -132,26 +127,12 @@ def _report_startup_time(options: RunOptions) -> None:
         METRICS.store("api_server", "process_startup_time_cpu_us", max(0, cpu_us))
 
 
-@dataclasses.dataclass(frozen=True)
-class _PendingBuildOptions:
-    """``vmm.builder.BuildOptions``'s fields, without importing the builder (and with it KVM, the
-    arch code and the devices) before InstanceStart: that import is a third of the start-up time
-    to a ready API socket (bench/api_startup.py). The controller may replace ``serial_out``."""
-
-    boot_timer: bool = False
-    serial_out: int | None = None
-    serial_in: int | None = None
-    instance_id: str = "anonymous-instance"
-    start_wall_us: int | None = None
-    start_cpu_us: int | None = None
-
-
-def _build_microvm(config: VmmConfig, options: _PendingBuildOptions) -> object:
-    from sparkler.vmm.builder import BuildOptions, build_microvm
+def _build_microvm(config: VmmConfig, options: BuildOptions) -> object:
+    from sparkler.vmm.builder import build_microvm
     from sparkler.vmm.vcpu import install_kick_handler
 
     install_kick_handler()  # the controller runs on the main thread, as signal.signal requires
-    return build_microvm(config, BuildOptions(**dataclasses.asdict(options)))
+    return build_microvm(config, options)
 
 
 def _wait_for_boot(controller: object, channel: object) -> bool:

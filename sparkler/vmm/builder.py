@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
 from typing import Any
 
 from sparkler import logger as log
@@ -27,6 +26,7 @@ from sparkler.kvm import system as kvm_system
 from sparkler.memory import GuestMemory
 from sparkler.vmm.bus import Bus
 from sparkler.vmm.machine import Machine
+from sparkler.vmm.runtime_options import BuildOptions
 from sparkler.vmm.vcpu import Vcpu
 
 PVM_HOST_WARNING = (
@@ -34,17 +34,6 @@ PVM_HOST_WARNING = (
     "natively here. Other guest kernel code runs in KVM's instruction emulator (about 1 us per "
     "instruction) and a stock Linux guest cannot run its user space."
 )
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    boot_timer: bool = False
-    serial_out: int | None = None  # fd for guest console output; None = stdout
-    serial_in: int | None = None  # fd to read guest console input from; None = none
-    instance_id: str = "anonymous-instance"
-    # Reference points for the boot-timer line (CLOCK_MONOTONIC / process CPU, in microseconds).
-    start_wall_us: int | None = None
-    start_cpu_us: int | None = None
 
 
 def _now_us() -> tuple[int, int]:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import selectors
-import stat
 import time
 from typing import TYPE_CHECKING
 
 from sparkler import logger as log
 from sparkler.errors import SparklerError
-from sparkler.vmm.runtime_options import RunOptions
+from sparkler.vmm.runtime_options import BuildOptions, RunOptions
 
 if TYPE_CHECKING:
     from sparkler.config import VmmConfig
@@ -25,18 +24,8 @@ EXIT_OK = 0
 EXIT_GENERIC = 1
 
 
-def _stdin_is_interactive() -> bool:
-    """Firecracker reads guest console input from stdin only when it is a TTY or a FIFO."""
-    try:
-        mode = os.fstat(0).st_mode
-    except OSError:
-        return False
-    return os.isatty(0) or stat.S_ISFIFO(mode)
-
-
-def build_options(options: RunOptions) -> object:
-    from sparkler.vmm.builder import BuildOptions
-
+def build_options(options: RunOptions) -> BuildOptions:
+    """The builder's options for this process; the boot-timer clock starts now."""
     return BuildOptions(
         boot_timer=options.boot_timer,
         instance_id=options.instance_id,
@@ -118,7 +107,7 @@ def run_from_config(config: VmmConfig, options: RunOptions) -> int:
         log.error(str(e))
         return EXIT_GENERIC
     try:
-        machine = build_microvm(config, build_options(options))  # type: ignore[arg-type]
+        machine = build_microvm(config, build_options(options))
     except SparklerError as e:
         log.error(f"Could not Start MicroVM from one single json: {e}")
         return EXIT_GENERIC
@@ -136,10 +125,12 @@ def run_from_config(config: VmmConfig, options: RunOptions) -> int:
 
 def run_event_loop(machine: Machine, extra: list[tuple[int, object]] | None = None) -> int:
     """Serve the machine until it stops; returns its exit code."""
+    from sparkler.devices.legacy.serial import input_allowed
+
     sel = selectors.DefaultSelector()
     sel.register(machine.exit_fd, selectors.EVENT_READ, "exit")
     serial = machine.devices.get("serial")
-    if serial is not None and _stdin_is_interactive():
+    if serial is not None and input_allowed(0):
         os.set_blocking(0, False)
         sel.register(0, selectors.EVENT_READ, "stdin")
     for fd, handler in [*getattr(machine, "event_handlers", ()), *(extra or [])]:

@@ -76,3 +76,17 @@ class RunOptions:
 
 
 __all__ = ["FcExitCode", "RunOptions"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    """How the builder wires host resources; lives here (not in vmm/builder.py) so that the API
+    runtime can hold one before InstanceStart without importing the builder, KVM and the devices."""
+
+    boot_timer: bool = False
+    serial_out: int | None = None  # fd for guest console output; None = stdout
+    serial_in: int | None = None  # fd to read guest console input from; None = none
+    instance_id: str = DEFAULT_INSTANCE_ID
+    # Reference points for the boot-timer line (CLOCK_MONOTONIC / process CPU, in microseconds).
+    start_wall_us: int | None = None
+    start_cpu_us: int | None = None
