@@ -94,6 +94,12 @@ def python_runtime_paths() -> list[str]:
 
     candidates = ["/usr", "/lib", "/lib64", "/bin", sys.base_prefix, sys.prefix]
     candidates.append(os.path.dirname(os.path.abspath(sparkler.__file__)))
+    # The jailed VMM starts with an empty environment, so it finds the package the way the venv's
+    # editable-install finder maps it, which may differ from the one this process imported (e.g.
+    # through PYTHONPATH in a git worktree): bind that one too.
+    for name, module in list(sys.modules.items()):
+        if name.startswith("__editable___sparkler") and isinstance(getattr(module, "MAPPING", None), dict):
+            candidates.extend(str(p) for p in module.MAPPING.values())
     paths: list[str] = []
     for path in candidates:
         if not os.path.isabs(path) or not os.path.lexists(path):

@@ -85,9 +85,11 @@ CFLAGS = (
 )
 LDFLAGS = ("-static", "-Wl,--build-id=none", "-Wl,-z,max-page-size=4096", "-Wl,-z,noexecstack")
 
+# Every *.c file of the source directory is compiled (one file per device driver, registered with
+# PROBE_TEST); these are the variant-specific assembly files around them.
 _VARIANT_SOURCES = {
-    "linux": ("entry.S", "probe.c"),
-    "pvh": ("entry.S", "probe.c", "pvh_note.S"),
+    "linux": ("entry.S",),
+    "pvh": ("entry.S", "pvh_note.S"),
 }
 _LINKER_SCRIPTS = {"linux": "probe.ld", "pvh": "probe-pvh.ld"}
 
@@ -139,7 +141,9 @@ def build_probe(
             f"C compiler {compiler!r} not found on PATH: the probe guest is compiled at test time "
             "(install gcc, e.g. `apt-get install gcc`, or set SPARKLER_PROBE_CC)"
         )
-    sources = [src_dir / name for name in _VARIANT_SOURCES[variant]] + [Path(s) for s in extra_sources]
+    sources = [src_dir / name for name in _VARIANT_SOURCES[variant]]
+    sources += sorted(src_dir.glob("*.c")) + [Path(s) for s in extra_sources]
+    headers = sorted(src_dir.glob("*.h"))
     linker_script = src_dir / _LINKER_SCRIPTS[variant]
     for path in [*sources, linker_script]:
         if not path.is_file():
@@ -148,7 +152,7 @@ def build_probe(
     h = hashlib.sha256()
     h.update(f"variant={variant}\0cc={_compiler_identity(compiler_path)}\0".encode())
     h.update(("\0".join(CFLAGS + LDFLAGS)).encode())
-    for path in [*sources, linker_script]:
+    for path in [*sources, *headers, linker_script]:
         h.update(f"\0{path.name}\0".encode())
         h.update(path.read_bytes())
     key = h.hexdigest()[:20]

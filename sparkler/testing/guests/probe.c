@@ -12,40 +12,14 @@
  * Host facts this is written for (kvm-pvm): CPL0 code is emulated at ~0.75 us per instruction while
  * CPL3 runs natively, so bulk loops (initrd checksum, page touching) run at CPL3 through run_user().
  * int3 / int n are never used; asserts are ud2.
+ *
+ * Layout: probe.h (shared declarations), probe.c (boot checks and main), virtio.{h,c} (virtio-mmio
+ * discovery and a polling split virtqueue), one file per device driver (blk.c, ...) registered with
+ * PROBE_TEST; probe.py compiles every .c file of this directory.
  */
 
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long u64;
-typedef long i64;
-typedef __builtin_va_list va_list;
-#define va_start(v, l) __builtin_va_start(v, l)
-#define va_end(v) __builtin_va_end(v)
-#define va_arg(v, t) __builtin_va_arg(v, t)
+#include "probe.h"
 
-#define KIB 1024ul
-#define MIB (1024ul * KIB)
-#define GIB (1024ul * MIB)
-
-#define KCODE 0x08
-#define TSS_SEL 0x28
-#define TRAMP_BASE 0x10000ul
-#define MAX_APS 31
-#define MAX_E820 128
-
-#define COM1 0x3f8
-#define LAPIC_BASE 0xfee00000ul
-#define IOAPIC_BASE 0xfec00000ul
-
-/* Firecracker machine model (catalog section 4.1) */
-#define FC_EBDA_START 0x9fc00ul
-#define FC_SYSTEM_MEM_END 0xe0000ul
-#define FC_HIMEM 0x100000ul
-#define FC_MMIO32_START 0xc0000000ul
-#define FC_PCI_MMCONFIG 0xeec00000ul
-#define FC_PCI_MMCONFIG_SIZE (256ul * MIB)
-#define FC_RAM64_START (4ul * GIB)
 
 /* ---------------------------------------------------------------------------------------------
  * Symbols from entry.S and the linker script
@@ -54,6 +28,7 @@ extern char __image_start[], __image_end[];
 extern char isr_stubs[];
 extern char tramp_start[], tramp_end[], tramp_cr3[];
 extern char user_exit[];
+extern const struct probe_test __start_probe_tests[], __stop_probe_tests[];
 extern u64 gdt[];
 extern u32 ap_slot;
 extern u64 run_user(u64 (*fn)(u64), u64 arg, u64 user_stack_top);
@@ -81,53 +56,13 @@ void *memcpy(void *d, const void *s, u64 n)
     return r;
 }
 
-static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
-
-static inline u32 mmio_read32(u64 addr)
-{
-    u32 v;
-    __asm__ volatile("movl (%1), %0" : "=r"(v) : "r"(addr) : "memory");
-    return v;
-}
-
-static inline void mmio_write32(u64 addr, u32 v)
-{
-    __asm__ volatile("movl %0, (%1)" : : "r"(v), "r"(addr) : "memory");
-}
-
-static inline u64 rdmsr(u32 msr)
-{
-    u32 lo, hi;
-    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr));
-    return ((u64)hi << 32) | lo;
-}
-
-static inline void wrmsr(u32 msr, u64 v)
-{
-    __asm__ volatile("wrmsr" : : "c"(msr), "a"((u32)v), "d"((u32)(v >> 32)));
-}
-
-static inline void cpuid(u32 leaf, u32 sub, u32 r[4])
-{
-    __asm__ volatile("cpuid" : "=a"(r[0]), "=b"(r[1]), "=c"(r[2]), "=d"(r[3]) : "a"(leaf), "c"(sub));
-}
-
-static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
-
-static u64 strlen_(const char *s)
-{
-    u64 n = 0;
-    while (s[n])
-        n++;
-    return n;
-}
 
 /* ---------------------------------------------------------------------------------------------
  * Serial output: COM1 THR directly, no LSR polling (the VMM's UART is always ready).
  */
-static void put_char(char c) { outb(COM1, (u8)c); }
+void put_char(char c) { outb(COM1, (u8)c); }
 
-static void put_str(const char *s)
+void put_str(const char *s)
 {
     while (*s)
         put_char(*s++);
@@ -177,7 +112,7 @@ static void vprint(const char *fmt, va_list ap)
     }
 }
 
-__attribute__((format(printf, 1, 2))) static void print(const char *fmt, ...)
+__attribute__((format(printf, 1, 2))) void print(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -187,7 +122,7 @@ __attribute__((format(printf, 1, 2))) static void print(const char *fmt, ...)
 
 static volatile u32 fails;
 
-__attribute__((format(printf, 1, 2))) static void fail(const char *fmt, ...)
+__attribute__((format(printf, 1, 2))) void fail(const char *fmt, ...)
 {
     va_list ap;
     __atomic_fetch_add(&fails, 1, __ATOMIC_SEQ_CST);
@@ -197,7 +132,7 @@ __attribute__((format(printf, 1, 2))) static void fail(const char *fmt, ...)
     va_end(ap);
 }
 
-__attribute__((noreturn)) static void finish(void)
+__attribute__((noreturn)) void finish(void)
 {
     u32 n = fails;
     print("INFO probe done fails=%u\n", n);
@@ -210,9 +145,9 @@ __attribute__((noreturn)) static void finish(void)
 /* ---------------------------------------------------------------------------------------------
  * Command line: probe.<key>=<value> tokens
  */
-static const char *cmdline = "";
+const char *cmdline = "";
 
-static const char *cmd_get(const char *key)
+const char *cmd_get(const char *key)
 {
     const char *p = cmdline;
     u64 klen = strlen_(key);
@@ -235,7 +170,7 @@ static const char *cmd_get(const char *key)
     return 0;
 }
 
-static int parse_u64(const char *s, u64 *out)
+int parse_u64(const char *s, u64 *out)
 {
     u64 v = 0;
     int base = 10, n = 0;
@@ -264,15 +199,15 @@ static int parse_u64(const char *s, u64 *out)
     return 1;
 }
 
-static int cmd_u64(const char *key, u64 *out) { return parse_u64(cmd_get(key), out); }
+int cmd_u64(const char *key, u64 *out) { return parse_u64(cmd_get(key), out); }
 
-static u64 cmd_u64_or(const char *key, u64 dflt)
+u64 cmd_u64_or(const char *key, u64 dflt)
 {
     u64 v;
     return cmd_u64(key, &v) ? v : dflt;
 }
 
-static int cmd_is(const char *key, const char *value)
+int cmd_is(const char *key, const char *value)
 {
     const char *v = cmd_get(key);
     if (!v)
@@ -379,7 +314,7 @@ static int map_2m(u64 gpa, u64 size, u64 extra_flags)
     return 1;
 }
 
-static int is_mapped(u64 addr, u64 size)
+int is_mapped(u64 addr, u64 size)
 {
     for (u64 a = addr & ~(2 * MIB - 1); a < addr + size; a += 2 * MIB) {
         u64 i = a >> 30;
@@ -410,8 +345,8 @@ static void setup_paging(void)
 /* ---------------------------------------------------------------------------------------------
  * Exceptions and interrupts
  */
-static void lapic_write(u32 reg, u32 v) { mmio_write32(LAPIC_BASE + reg, v); }
-static u32 lapic_read(u32 reg) { return mmio_read32(LAPIC_BASE + reg); }
+void lapic_write(u32 reg, u32 v) { mmio_write32(LAPIC_BASE + reg, v); }
+u32 lapic_read(u32 reg) { return mmio_read32(LAPIC_BASE + reg); }
 
 static volatile int lapic_ready;
 
@@ -436,8 +371,6 @@ void exc_handler(struct frame *f)
  * LAPIC clock: the timer in one-shot mode, masked, divide by 16, counting down from 2^32-1.
  * KVM's LAPIC timer runs at 1 GHz (bus cycle 1 ns), so one tick is 16 ns; 2^32 ticks ~ 68 s.
  */
-#define LAPIC_TICKS_PER_MS 62500u
-
 static void lapic_init(void)
 {
     u64 base = rdmsr(0x1b);
@@ -451,10 +384,10 @@ static void lapic_init(void)
     lapic_ready = 1;
 }
 
-static u32 clock_now(void) { return 0xffffffffu - lapic_read(0x390); }
-static u32 ms_since(u32 start) { return (clock_now() - start) / LAPIC_TICKS_PER_MS; }
+u32 clock_now(void) { return 0xffffffffu - lapic_read(0x390); }
+u32 ms_since(u32 start) { return (clock_now() - start) / LAPIC_TICKS_PER_MS; }
 
-static void delay_us(u32 us)
+void delay_us(u32 us)
 {
     u32 start = clock_now();
     u32 ticks = us * (LAPIC_TICKS_PER_MS / 1000);
@@ -478,10 +411,6 @@ static struct {
     struct e820 e820[MAX_E820];
 } boot;
 
-static inline u8 rd8(u64 a) { return *(volatile u8 *)a; }
-static inline u16 rd16(u64 a) { return *(volatile u16 *)a; }
-static inline u32 rd32(u64 a) { return *(volatile u32 *)a; }
-static inline u64 rd64(u64 a) { return *(volatile u64 *)a; }
 
 static void read_linux_boot_params(u64 bp)
 {
@@ -584,7 +513,7 @@ static int e820_has(u64 addr, u64 size, u32 type)
     return 0;
 }
 
-static int e820_ram_contains(u64 addr, u64 size)
+int e820_ram_contains(u64 addr, u64 size)
 {
     for (u32 i = 0; i < boot.n_e820; i++) {
         struct e820 *e = &boot.e820[i];
@@ -748,11 +677,7 @@ static void check_ram_access(void)
 /* ---------------------------------------------------------------------------------------------
  * CPL3 helpers (these run natively on PVM, ~2500x faster than CPL0)
  */
-static int user_ok;
-
-struct span {
-    u64 addr, size;
-};
+int user_ok;
 
 static u64 user_selftest(u64 n)
 {
@@ -787,7 +712,7 @@ static u64 user_touch(u64 arg)
     return bad;
 }
 
-static u64 call_user(u64 (*fn)(u64), u64 arg)
+u64 call_user(u64 (*fn)(u64), u64 arg)
 {
     if (user_ok)
         return run_user(fn, arg, (u64)(user_stack + sizeof(user_stack)));
@@ -1148,175 +1073,6 @@ static void do_fault(void)
 }
 
 /* ---------------------------------------------------------------------------------------------
- * probe.blk=rw|ro: a polling virtio-blk driver for the first virtio-mmio device (0xc0001000).
- * One 8-entry split queue in the image's .bss; QueueNotify goes through the VMM's ioeventfd and
- * completion is polled on the used ring (no interrupts). probe.blk_sector=N picks the sector.
- */
-#define VBLK_BASE 0xc0001000ul
-#define VQ_SIZE 8
-
-struct vq_desc { u64 addr; u32 len; u16 flags, next; };
-static struct vq_desc vq_desc[VQ_SIZE] __attribute__((aligned(16)));
-static struct { u16 flags, idx, ring[VQ_SIZE], used_event; } vq_avail __attribute__((aligned(2)));
-static struct { u16 flags, idx; struct { u32 id, len; } ring[VQ_SIZE]; u16 avail_event; } vq_used
-    __attribute__((aligned(4)));
-static struct { u32 type, reserved; u64 sector; } blk_hdr __attribute__((aligned(16)));
-static u8 blk_status __attribute__((aligned(16)));
-static u8 blk_wbuf[512] __attribute__((aligned(512)));
-static u8 blk_rbuf[512] __attribute__((aligned(512)));
-static u16 vq_last_used;
-
-static void vblk_w(u32 off, u32 v) { mmio_write32(VBLK_BASE + off, v); }
-static u32 vblk_r(u32 off) { return mmio_read32(VBLK_BASE + off); }
-
-/* One request; returns the status byte (0xff: no completion in time) and the used length. */
-static u32 vblk_request(u32 type, u64 sector, u8 *buf, u32 len, u32 *used_len)
-{
-    blk_hdr.type = type;
-    blk_hdr.reserved = 0;
-    blk_hdr.sector = sector;
-    blk_status = 0xff;
-    u16 n = 0;
-    vq_desc[n] = (struct vq_desc){(u64)&blk_hdr, 16, 1, (u16)(n + 1)};
-    n++;
-    if (len) {
-        u16 fl = 1 | ((type == 1) ? 0 : 2); /* NEXT | WRITE for IN / GET_ID */
-        vq_desc[n] = (struct vq_desc){(u64)buf, len, fl, (u16)(n + 1)};
-        n++;
-    }
-    vq_desc[n] = (struct vq_desc){(u64)&blk_status, 1, 2, 0};
-    vq_avail.ring[vq_avail.idx % VQ_SIZE] = 0;
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    *(volatile u16 *)&vq_avail.idx = vq_avail.idx + 1;
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    vblk_w(0x50, 0); /* QueueNotify: the ioeventfd */
-    for (u64 spin = 0; spin < 200000000ul; spin++) {
-        if (*(volatile u16 *)&vq_used.idx != vq_last_used) {
-            __atomic_thread_fence(__ATOMIC_SEQ_CST);
-            *used_len = vq_used.ring[vq_last_used % VQ_SIZE].len;
-            vq_last_used++;
-            return *(volatile u8 *)&blk_status;
-        }
-        cpu_relax();
-    }
-    *used_len = 0;
-    return 0xff;
-}
-
-static void check_blk(int read_only)
-{
-    if (vblk_r(0x000) != 0x74726976 || vblk_r(0x004) != 2 || vblk_r(0x008) != 2) {
-        fail("blk_probe magic=0x%x version=%u device=%u\n", vblk_r(0x000), vblk_r(0x004), vblk_r(0x008));
-        return;
-    }
-    vblk_w(0x070, 0);
-    vblk_w(0x070, 1);
-    vblk_w(0x070, 1 | 2);
-    vblk_w(0x014, 1);
-    u32 hi = vblk_r(0x010);
-    vblk_w(0x014, 0);
-    u32 lo = vblk_r(0x010);
-    if (!(hi & 1)) {
-        fail("blk_features no VERSION_1 lo=0x%x hi=0x%x\n", lo, hi);
-        return;
-    }
-    vblk_w(0x024, 1);
-    vblk_w(0x020, 1);
-    vblk_w(0x024, 0);
-    vblk_w(0x020, lo & ((1u << 9) | (1u << 5))); /* FLUSH, RO; no EVENT_IDX */
-    vblk_w(0x070, 1 | 2 | 8);
-    if (!(vblk_r(0x070) & 8)) {
-        fail("blk_features features_ok refused\n");
-        return;
-    }
-    vblk_w(0x030, 0);
-    u32 qmax = vblk_r(0x034);
-    if (qmax < VQ_SIZE) {
-        fail("blk_queue max=%u\n", qmax);
-        return;
-    }
-    vblk_w(0x038, VQ_SIZE);
-    vblk_w(0x080, (u32)(u64)vq_desc);
-    vblk_w(0x084, (u32)((u64)vq_desc >> 32));
-    vblk_w(0x090, (u32)(u64)&vq_avail);
-    vblk_w(0x094, (u32)((u64)&vq_avail >> 32));
-    vblk_w(0x0a0, (u32)(u64)&vq_used);
-    vblk_w(0x0a4, (u32)((u64)&vq_used >> 32));
-    vblk_w(0x044, 1);
-    vblk_w(0x070, 1 | 2 | 8 | 4);
-    u32 status = vblk_r(0x070);
-    if (status != (1 | 2 | 8 | 4)) {
-        fail("blk_init status=0x%x\n", status);
-        return;
-    }
-    u64 capacity = vblk_r(0x100) | ((u64)vblk_r(0x104) << 32);
-    print("PASS blk_init capacity=%lu features=0x%x ro=%u flush=%u\n", capacity, lo, (lo >> 5) & 1,
-          (lo >> 9) & 1);
-
-    u64 sector = cmd_u64_or("blk_sector", 2);
-    u32 used, st;
-    for (u32 i = 0; i < 512; i++)
-        blk_wbuf[i] = (u8)(i * 7 + 0x5a);
-    st = vblk_request(1, sector, blk_wbuf, 512, &used);
-    if (read_only) {
-        if (st == 1)
-            print("PASS blk_ro_write status=%u\n", st);
-        else
-            fail("blk_ro_write status=%u\n", st);
-    } else if (st == 0 && used == 1) {
-        print("PASS blk_write sector=%lu\n", sector);
-    } else {
-        fail("blk_write status=%u used=%u\n", st, used);
-    }
-    memset(blk_rbuf, 0, sizeof(blk_rbuf));
-    st = vblk_request(0, sector, blk_rbuf, 512, &used);
-    u32 diff = 0;
-    for (u32 i = 0; i < 512; i++)
-        diff += blk_rbuf[i] != blk_wbuf[i];
-    if (st != 0 || used != 513)
-        fail("blk_read status=%u used=%u\n", st, used);
-    else if (!read_only && diff)
-        fail("blk_read mismatches=%u\n", diff);
-    else
-        print("PASS blk_read sector=%lu first=0x%x mismatches=%u\n", sector, blk_rbuf[0], diff);
-    if (lo & (1u << 9)) {
-        st = vblk_request(4, 0, 0, 0, &used);
-        if (st == 0)
-            print("PASS blk_flush\n");
-        else
-            fail("blk_flush status=%u\n", st);
-    }
-    memset(blk_rbuf, 0, sizeof(blk_rbuf));
-    st = vblk_request(8, 0, blk_rbuf, 20, &used);
-    blk_rbuf[20] = 0;
-    if (st == 0 && used == 21)
-        print("PASS blk_id id=%s\n", (const char *)blk_rbuf);
-    else
-        fail("blk_id status=%u used=%u\n", st, used);
-    st = vblk_request(0, capacity, blk_rbuf, 512, &used);
-    if (st == 1)
-        print("PASS blk_range status=%u\n", st);
-    else
-        fail("blk_range status=%u\n", st);
-    if (cmd_is("blk_resize", "1")) {
-        /* The test PATCHes the drive now; the device bumps ConfigGeneration and raises a config
-         * interrupt (InterruptStatus bit 1). */
-        u32 gen = vblk_r(0x0fc);
-        print("INFO blk_waiting generation=%u\n", gen);
-        u64 spin = 0;
-        while (vblk_r(0x0fc) == gen && spin++ < 2000000000ul)
-            cpu_relax();
-        u32 isr = vblk_r(0x060);
-        vblk_w(0x064, isr);
-        u64 cap2 = vblk_r(0x100) | ((u64)vblk_r(0x104) << 32);
-        if (vblk_r(0x0fc) != gen && (isr & 2))
-            print("PASS blk_resize capacity=%lu isr=%u\n", cap2, isr);
-        else
-            fail("blk_resize capacity=%lu isr=%u\n", cap2, isr);
-    }
-}
-
-/* ---------------------------------------------------------------------------------------------
  * main
  */
 void probe_main(u64 kind, u64 info)
@@ -1355,8 +1111,11 @@ void probe_main(u64 kind, u64 info)
         __asm__ volatile("movb %0, (%1)" : : "q"((u8)123), "r"(FC_MMIO32_START) : "memory");
         print("INFO boot_timer written\n");
     }
-    if (cmd_is("blk", "rw") || cmd_is("blk", "ro"))
-        check_blk(cmd_is("blk", "ro"));
+    for (const struct probe_test *t = __start_probe_tests; t < __stop_probe_tests; t++) {
+        const char *value = cmd_get(t->key);
+        if (value)
+            t->run(value);
+    }
     if (cmd_is("hang", "1")) {
         print("INFO hang\n");
         for (;;)
