@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 from sparkler import logger as log
@@ -25,6 +27,7 @@ from sparkler.host.eventfd import EventFd, EventFdTrigger
 from sparkler.kvm import system as kvm_system
 from sparkler.memory import GuestMemory
 from sparkler.vmm.bus import Bus
+from sparkler.vmm.event_loop import DeviceHost, EventLoop
 from sparkler.vmm.machine import Machine
 from sparkler.vmm.runtime_options import BuildOptions
 from sparkler.vmm.vcpu import Vcpu
@@ -74,15 +77,14 @@ def _build(config: VmmConfig, mc: Any, options: BuildOptions, cleanup: ExitStack
     if bs.initrd_path is not None:
         initrd = loader.load_initrd(memory, bs.initrd_path, kernel.kernel_end)
 
-    drives = config.block_devices
-    slots = mmio_slots(len(drives))
+    specs = virtio_specs(config, options)
+    slots = mmio_slots(len(specs))
     cmdline = Cmdline(layout.CMDLINE_MAX_SIZE)
     try:
         cmdline.insert_str(bs.effective_boot_args)
-        for drive, (addr, gsi) in zip(drives, slots, strict=True):
-            if drive.is_root_device:
-                for word in drive.root_cmdline():
-                    cmdline.insert_str(word)
+        for spec, (addr, gsi) in zip(specs, slots, strict=True):
+            for word in spec.cmdline:
+                cmdline.insert_str(word)
             cmdline.insert_str(virtio_mmio_device(addr, gsi))
     except ConfigError as e:
         raise ConfigError(f"Invalid boot arguments: {e}") from None
@@ -135,10 +137,14 @@ def _build(config: VmmConfig, mc: Any, options: BuildOptions, cleanup: ExitStack
         devices["boot_timer"] = timer
 
     event_handlers: list[tuple[int, Any]] = []
+    loop = EventLoop()
+    closeables.append(loop)
     try:
-        for drive, (addr, gsi) in zip(drives, slots, strict=True):
-            block = _attach_block(vm, memory, mmio_bus, drive, addr, gsi, closeables, event_handlers)
-            devices[f"block_{drive.drive_id}"] = block
+        for spec, (addr, gsi) in zip(specs, slots, strict=True):
+            device = spec.create()
+            closeables.append(device)
+            wiring = VirtioWiring(vm, memory, mmio_bus, loop, closeables, event_handlers)
+            devices[spec.key] = wiring.attach(device, addr, gsi)
     except BaseException:
         for c in reversed(closeables):
             c.close()
@@ -157,7 +163,7 @@ def _build(config: VmmConfig, mc: Any, options: BuildOptions, cleanup: ExitStack
         interrupts.set_lint(fd)
         vcpus.append(Vcpu(index, fd, pio_bus, mmio_bus, request_exit))
 
-    machine = Machine(vm, memory, pio_bus, mmio_bus, vcpus, devices, closeables + [vm, kvm], event_handlers)
+    machine = Machine(vm, memory, pio_bus, mmio_bus, vcpus, devices, closeables + [vm, kvm], event_handlers, loop)
     machine_ref.append(machine)
     for c in closeables:
         cleanup.callback(c.close)
@@ -215,62 +221,106 @@ class OneShotTimer:
             self.fd = -1
 
 
-def _attach_block(
-    vm: Any,
-    memory: GuestMemory,
-    mmio_bus: Bus,
-    drive: Any,
-    addr: int,
-    gsi: int,
-    closeables: list[Any],
-    event_handlers: list[tuple[int, Any]],
-) -> Any:
-    """One virtio-blk device on the MMIO bus: irqfd out, one ioeventfd per queue in."""
-    from sparkler.config.rate_limiter import build_rate_limiter
-    from sparkler.devices.virtio import spec
-    from sparkler.devices.virtio.block.device import BlockDevice
-    from sparkler.devices.virtio.block.io import CacheType, DiskBackend
-    from sparkler.devices.virtio.interrupt import IrqTrigger
-    from sparkler.devices.virtio.mmio import MmioTransport
+@dataclass(frozen=True)
+class VirtioSpec:
+    """One virtio-mmio device to attach: its ``machine.devices`` key, a factory that opens its host
+    resources (called at attach time, in attach order), and command-line words placed before its
+    ``virtio_mmio.device=`` entry (e.g. ``root=/dev/vda ro``)."""
 
-    backend = DiskBackend.open(drive.path_on_host, read_only=drive.read_only, cache_type=CacheType(drive.cache_type))
-    block = BlockDevice(drive.drive_id, backend, build_rate_limiter(drive.rate_limiter))
-    closeables.append(block)
-    block.report_error = log.error
-    irq_evt = EventFdTrigger()
-    closeables.append(irq_evt)
-    vm.register_irqfd(irq_evt, gsi)
-    transport = MmioTransport(block, memory, IrqTrigger(irq_evt))
-    mmio_bus.insert(transport, addr, layout.VIRTIO_MMIO_SIZE)
+    key: str
+    create: Callable[[], Any]
+    cmdline: tuple[str, ...] = ()
 
-    timer = OneShotTimer()
-    closeables.append(timer)
 
-    def rearm() -> None:
-        limiter = block.rate_limiter
-        deadline = limiter.timer_deadline_ns if limiter is not None else None
-        if deadline is not None and timer.armed_ns != deadline:
-            timer.arm_at(deadline)
+def virtio_specs(config: VmmConfig, options: BuildOptions) -> list[VirtioSpec]:
+    """Every configured virtio device in Firecracker's attach order (catalog 4.5), which fixes
+    each one's MMIO address and GSI: balloon, block (root first), net, vsock, entropy."""
+    specs: list[VirtioSpec] = []
+    specs += _block_specs(config)
+    return specs
 
-    def on_timer() -> None:
-        if timer.acknowledge():
-            block.process_rate_limiter_event()
-            rearm()
 
-    event_handlers.append((timer.fd, on_timer))
+def _block_specs(config: VmmConfig) -> list[VirtioSpec]:
+    def factory(drive: Any) -> Callable[[], Any]:
+        def create() -> Any:
+            from sparkler.config.rate_limiter import build_rate_limiter
+            from sparkler.devices.virtio.block.device import BlockDevice
+            from sparkler.devices.virtio.block.io import CacheType, DiskBackend
 
-    for index in range(len(block.queues)):
-        queue_evt = EventFd()
-        closeables.append(queue_evt)
-        vm.register_ioeventfd(queue_evt, addr + spec.VIRTIO_MMIO_QUEUE_NOTIFY, 4, datamatch=index)
+            backend = DiskBackend.open(
+                drive.path_on_host, read_only=drive.read_only, cache_type=CacheType(drive.cache_type)
+            )
+            return BlockDevice(drive.drive_id, backend, build_rate_limiter(drive.rate_limiter))
 
-        def on_kick(evt: EventFd = queue_evt, index: int = index) -> None:
-            if evt.read():
-                block.queue_notify(index)
+        return create
+
+    return [
+        VirtioSpec(
+            f"block_{drive.drive_id}",
+            factory(drive),
+            tuple(drive.root_cmdline()) if drive.is_root_device else (),
+        )
+        for drive in config.block_devices
+    ]
+
+
+class VirtioWiring:
+    """Puts one virtio device on the machine: MMIO transport on the bus, irqfd out, one ioeventfd
+    per queue in (served on the VMM thread's loop), a timerfd for its rate limiters, and a
+    :class:`DeviceHost` for the host fds the device registers itself."""
+
+    def __init__(
+        self,
+        vm: Any,
+        memory: GuestMemory,
+        mmio_bus: Bus,
+        loop: EventLoop,
+        closeables: list[Any],
+        event_handlers: list[tuple[int, Any]],
+    ) -> None:
+        self.vm, self.memory, self.mmio_bus, self.loop = vm, memory, mmio_bus, loop
+        self.closeables, self.event_handlers = closeables, event_handlers
+
+    def attach(self, device: Any, addr: int, gsi: int) -> Any:
+        from sparkler.devices.virtio import spec
+        from sparkler.devices.virtio.interrupt import IrqTrigger
+        from sparkler.devices.virtio.mmio import MmioTransport
+
+        device.report_error = log.error
+        irq_evt = EventFdTrigger()
+        self.closeables.append(irq_evt)
+        self.vm.register_irqfd(irq_evt, gsi)
+        transport = MmioTransport(device, self.memory, IrqTrigger(irq_evt))
+        self.mmio_bus.insert(transport, addr, layout.VIRTIO_MMIO_SIZE)
+
+        timer = OneShotTimer()
+        self.closeables.append(timer)
+
+        def rearm() -> None:
+            deadline = device.timer_deadline_ns()
+            if deadline is not None and timer.armed_ns != deadline:
+                timer.arm_at(deadline)
+
+        def on_timer() -> None:
+            if timer.acknowledge():
+                device.process_rate_limiter_event()
                 rearm()
 
-        event_handlers.append((queue_evt.fd, on_kick))
-    return transport
+        self.event_handlers.append((timer.fd, on_timer))
+
+        for index in range(len(device.queues)):
+            queue_evt = EventFd()
+            self.closeables.append(queue_evt)
+            self.vm.register_ioeventfd(queue_evt, addr + spec.VIRTIO_MMIO_QUEUE_NOTIFY, 4, datamatch=index)
+
+            def on_kick(evt: EventFd = queue_evt, index: int = index) -> None:
+                if evt.read():
+                    device.queue_notify(index)
+                    rearm()
+
+            self.event_handlers.append((queue_evt.fd, on_kick))
+        device.attach_host(DeviceHost(self.loop, rearm))
+        return transport
 
 
-__all__ = ["BuildOptions", "mmio_slots", "build_microvm", "PVM_HOST_WARNING"]
+__all__ = ["BuildOptions", "VirtioSpec", "VirtioWiring", "build_microvm", "mmio_slots", "virtio_specs", "PVM_HOST_WARNING"]

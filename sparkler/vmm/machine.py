@@ -37,6 +37,8 @@ class Machine:
     closeables: list[Any] = field(default_factory=list)
     # (fd, callback) pairs the VMM thread's event loop serves: device queue kicks, device timers.
     event_handlers: list[tuple[int, Any]] = field(default_factory=list)
+    # The VMM thread's loop (sparkler.vmm.event_loop.EventLoop); devices add their host fds to it.
+    event_loop: Any = None
 
     def __post_init__(self) -> None:
         self.state = MachineState.NOT_STARTED

@@ -8,9 +8,8 @@ on stdin. vCPU threads run the guest; they never wait on this loop.
 from __future__ import annotations
 
 import os
-import selectors
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sparkler import logger as log
 from sparkler.errors import SparklerError
@@ -126,35 +125,31 @@ def run_from_config(config: VmmConfig, options: RunOptions) -> int:
 def run_event_loop(machine: Machine, extra: list[tuple[int, object]] | None = None) -> int:
     """Serve the machine until it stops; returns its exit code."""
     from sparkler.devices.legacy.serial import input_allowed
+    from sparkler.vmm.event_loop import EventLoop
 
-    sel = selectors.DefaultSelector()
-    sel.register(machine.exit_fd, selectors.EVENT_READ, "exit")
+    own_loop = getattr(machine, "event_loop", None) is None
+    loop = EventLoop() if own_loop else machine.event_loop  # the machine closes its own at stop()
+    loop.add(machine.exit_fd, lambda _mask: None)
     serial = machine.devices.get("serial")
     if serial is not None and input_allowed(0):
         os.set_blocking(0, False)
-        sel.register(0, selectors.EVENT_READ, "stdin")
+        loop.add(0, lambda _mask: _forward_stdin(loop, serial))
     for fd, handler in [*getattr(machine, "event_handlers", ()), *(extra or [])]:
-        sel.register(fd, selectors.EVENT_READ, handler)
+        loop.add(fd, lambda _mask, handler=handler: handler())  # type: ignore[misc]
     try:
         while machine.exit_code is None:
             try:
-                events = sel.select()
+                loop.run_once()
             except KeyboardInterrupt:
                 machine.request_exit(EXIT_OK, "Shutting down VM after intercepting SIGINT.")
                 break
-            for key, _ in events:
-                if key.data == "exit":
-                    continue
-                if key.data == "stdin":
-                    _forward_stdin(sel, serial)
-                else:
-                    key.data()  # type: ignore[operator]
     finally:
-        sel.close()
+        if own_loop:
+            loop.close()
     return machine.exit_code if machine.exit_code is not None else EXIT_GENERIC
 
 
-def _forward_stdin(sel: selectors.BaseSelector, serial: object) -> None:
+def _forward_stdin(loop: Any, serial: object) -> None:
     try:
         data = os.read(0, 64)
     except BlockingIOError:
@@ -162,7 +157,7 @@ def _forward_stdin(sel: selectors.BaseSelector, serial: object) -> None:
     except OSError:
         data = b""
     if not data:
-        sel.unregister(0)  # EOF: the console has no more input
+        loop.remove(0)  # EOF: the console has no more input
         return
     serial.enqueue_input(data)  # type: ignore[attr-defined]
 

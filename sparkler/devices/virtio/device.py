@@ -26,6 +26,7 @@ from __future__ import annotations
 import enum
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from sparkler.devices.virtio import spec
 from sparkler.devices.virtio.interrupt import IrqTrigger
@@ -161,6 +162,23 @@ class VirtioDevice:
 
     def process_queue(self, index: int) -> None:
         raise NotImplementedError
+
+    # --- host side (called by the builder's wiring on the VMM thread) -------------------------------
+    def attach_host(self, host: Any) -> None:
+        """Register the device's own host fds (a tap, listening sockets) with ``host``
+        (``sparkler.vmm.event_loop.DeviceHost``: ``add_fd(fd, callback(mask), events)``,
+        ``modify_fd``, ``remove_fd``). Default: the device has none."""
+
+    def timer_deadline_ns(self) -> int | None:
+        """Earliest ``time.monotonic_ns()`` at which a blocked rate limiter may let work through
+        again, or None; the builder arms one timerfd per device for it."""
+        return None
+
+    def process_rate_limiter_event(self) -> None:
+        """The rate-limiter timer fired: replenish and retry blocked work."""
+
+    def close(self) -> None:
+        """Release host resources (files, sockets) at teardown. Default: none."""
 
     def signal_used_queue(self, index: int) -> None:
         """Raise the vring interrupt if queue ``index``'s suppression rules ask for it."""

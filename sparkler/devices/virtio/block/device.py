@@ -161,6 +161,9 @@ class BlockDevice(VirtioDevice):
             case RequestType.FLUSH:
                 c.flush_count += 1
 
+    def timer_deadline_ns(self) -> int | None:
+        return self.rate_limiter.timer_deadline_ns if self.rate_limiter is not None else None
+
     def process_rate_limiter_event(self) -> None:
         """The limiter's timer fired: unblock and retry the queue."""
         with self.lock:
