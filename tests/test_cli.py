@@ -128,13 +128,13 @@ def test_main_missing_config_file_exit_1(tmp_path):
         (json.dumps({"boot-source": {"kernel_image_path": "k"}, "bogus": 1}).encode(), "bogus"),
         (
             json.dumps(
-                {"boot-source": {"kernel_image_path": "k"}, "machine-config": {"vcpu_count": 0}}
+                {"boot-source": {"kernel_image_path": "k"}, "machine-config": {"vcpu_count": 0, "mem_size_mib": 128}}
             ).encode(),
             "vCPUs",
         ),
         (
             json.dumps(
-                {"boot-source": {"kernel_image_path": "k"}, "machine-config": {"vcpu_count": 33}}
+                {"boot-source": {"kernel_image_path": "k"}, "machine-config": {"vcpu_count": 33, "mem_size_mib": 128}}
             ).encode(),
             "vCPUs",
         ),

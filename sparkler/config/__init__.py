@@ -72,5 +72,12 @@ def parse_vmm_config(data: bytes) -> VmmConfig:
         config = msgspec.json.decode(data, type=VmmConfig)
     except msgspec.DecodeError as e:
         raise ConfigError(f"Invalid config file: {e}") from None
+    if config.machine_config is not None:
+        # Firecracker's MachineConfig has no defaults for these two; ours do (for the API's
+        # initial state), so their presence is checked on the document itself.
+        section = msgspec.json.decode(data).get("machine-config") or {}
+        for required in ("vcpu_count", "mem_size_mib"):
+            if required not in section:
+                raise ConfigError(f"Invalid config file: missing field `{required}` in `machine-config`.")
     config.validate()
     return config

@@ -46,3 +46,14 @@ def test_boot_args_non_printable_and_too_long():
 def test_vmm_config_machine_default():
     config = parse_vmm_config(b'{"boot-source": {"kernel_image_path": "k"}}')
     assert isinstance(config, VmmConfig) and config.machine == MachineConfig()
+
+
+@pytest.mark.parametrize("missing", ["vcpu_count", "mem_size_mib"])
+def test_config_file_machine_config_needs_both_sizes(missing):
+    section = {"vcpu_count": 2, "mem_size_mib": 256}
+    del section[missing]
+    doc = {"boot-source": {"kernel_image_path": "/k"}, "machine-config": section}
+    with pytest.raises(ConfigError, match=f"missing field `{missing}`"):
+        parse_vmm_config(msgspec.json.encode(doc))
+    section[missing] = 2 if missing == "vcpu_count" else 256
+    assert parse_vmm_config(msgspec.json.encode(doc)).machine.vcpu_count == 2
