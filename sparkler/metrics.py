@@ -25,8 +25,13 @@ failed flush are not lost: they are reported by the next successful one.
 
 Groups and keys are Firecracker's, in its emission order. Device groups for devices Sparkler does not
 have (block, net, vsock, balloon, entropy) are emitted with zeros, as Firecracker does when a device
-is absent. Per-device groups (``block_<id>``, ``net_<id>``...) and ``pmem``/``vhost_user``/
-``memory_hotplug`` are not emitted yet.
+is absent. ``pmem``/``vhost_user``/``memory_hotplug`` are not emitted yet.
+
+Per-device groups (catalog 8.2): a device source registered with :meth:`Metrics.add_device_source`
+(``group``, ``device_id``) is emitted as ``<group>_<device_id>`` with the aggregate group's keys,
+right before the aggregate, and is also summed into the aggregate (Firecracker's ``block_<drive_id>``
+... then ``block``). A device opts in by having ``metrics_group``, ``metrics_id`` and
+``statistics()`` (see :func:`attach_machine`).
 
 Use the module-level default instance: ``from sparkler import metrics; metrics.METRICS.inc(...)``.
 """
@@ -202,6 +207,8 @@ class Metrics:
         self._values: dict[str, dict[str, int]] = {g: {} for g in GROUPS}  # cumulative counters, stores
         self._reported: dict[str, dict[str, int]] = {g: {} for g in GROUPS}  # counters at last flush
         self._sources: dict[str, list[Callable[[], Mapping[str, int]]]] = {}
+        # group -> {device_id: source}; emitted as "<group>_<device_id>" before "<group>"
+        self._device_sources: dict[str, dict[str, Callable[[], Mapping[str, int]]]] = {}
         self.flush_count = 0
 
     # --- configuration ---------------------------------------------------------------------------
@@ -272,9 +279,25 @@ class Metrics:
         with self._lock:
             self._sources.setdefault(group, []).append(source)
 
+    def add_device_source(self, group: str, device_id: str, source: Callable[[], Mapping[str, int]]) -> None:
+        """Report one device's counts as ``<group>_<device_id>`` (the aggregate group's keys, emitted
+        before it) and add them to the aggregate ``group``. A second source for the same id replaces it."""
+        if group not in GROUPS:
+            raise KeyError(f"no metrics group {group!r}")
+        with self._lock:
+            self._device_sources.setdefault(group, {})[device_id] = source
+
     def clear_sources(self) -> None:
         with self._lock:
             self._sources.clear()
+            self._device_sources.clear()
+
+    def _read_source(self, source: Callable[[], Mapping[str, int]]) -> Mapping[str, int] | None:
+        try:
+            return source()
+        except Exception:  # noqa: BLE001 - a broken source must not stop the flush
+            self._values["logger"]["metrics_fails"] = self._values["logger"].get("metrics_fails", 0) + 1
+            return None
 
     def count_api_request(self, method: str, path: str, status: int, deprecated: bool = False) -> None:
         """Count one API request (``<x>_count``) and, for a 4xx/5xx answer, a failure (``<x>_fails``);
@@ -297,13 +320,17 @@ class Metrics:
             for group, sources in self._sources.items():
                 totals = current.setdefault(group, {})
                 for source in sources:
-                    try:
-                        counts = source()
-                    except Exception:  # noqa: BLE001 - a broken source must not stop the flush
-                        self._values["logger"]["metrics_fails"] = self._values["logger"].get("metrics_fails", 0) + 1
-                        continue
-                    for key, value in counts.items():
+                    counts = self._read_source(source)
+                    for key, value in (counts or {}).items():
                         totals[key] = totals.get(key, 0) + int(value)
+            per_device: dict[str, list[tuple[str, dict[str, int]]]] = {}
+            for group, sources_by_id in self._device_sources.items():
+                totals = current.setdefault(group, {})
+                for device_id, source in sources_by_id.items():
+                    counts = {k: int(v) for k, v in (self._read_source(source) or {}).items()}
+                    per_device.setdefault(group, []).append((f"{group}_{device_id}", counts))
+                    for key, value in counts.items():
+                        totals[key] = totals.get(key, 0) + value
             doc: dict[str, Any] = {"utc_timestamp_ms": self._clock_ms()}
             if self._emit_id:
                 doc["id"] = self._instance_id
@@ -311,29 +338,34 @@ class Metrics:
                 doc["properties"] = dict(self._properties)
             commit: dict[str, dict[str, int]] = {}
             for group, layout in GROUPS.items():
-                values = current.get(group, {})
-                previous = self._reported[group]
-                out: dict[str, Any] = {}
-                done: dict[str, int] = {}
-                for key, kind in layout:
-                    if kind == STORE:
-                        out[key] = values.get(key, 0)
-                    elif kind == INC:
-                        value = values.get(key, 0)
-                        out[key] = max(0, value - previous.get(key, 0))
-                        done[key] = value
-                    else:
-                        sum_key = f"{key}.sum_us"
-                        value = values.get(sum_key, 0)
-                        out[key] = {
-                            "min_us": values.get(f"{key}.min_us", 0),
-                            "max_us": values.get(f"{key}.max_us", 0),
-                            "sum_us": max(0, value - previous.get(sum_key, 0)),
-                        }
-                        done[sum_key] = value
-                doc[group] = out
-                commit[group] = done
+                for name, values in per_device.get(group, ()):
+                    doc[name], commit[name] = self._render_group(layout, values, self._reported.get(name, {}))
+                doc[group], commit[group] = self._render_group(layout, current.get(group, {}), self._reported[group])
             return doc, commit
+
+    @staticmethod
+    def _render_group(
+        layout: list[tuple[str, str]], values: Mapping[str, int], previous: Mapping[str, int]
+    ) -> tuple[dict[str, Any], dict[str, int]]:
+        out: dict[str, Any] = {}
+        done: dict[str, int] = {}
+        for key, kind in layout:
+            if kind == STORE:
+                out[key] = values.get(key, 0)
+            elif kind == INC:
+                value = values.get(key, 0)
+                out[key] = max(0, value - previous.get(key, 0))
+                done[key] = value
+            else:
+                sum_key = f"{key}.sum_us"
+                value = values.get(sum_key, 0)
+                out[key] = {
+                    "min_us": values.get(f"{key}.min_us", 0),
+                    "max_us": values.get(f"{key}.max_us", 0),
+                    "sum_us": max(0, value - previous.get(sum_key, 0)),
+                }
+                done[sum_key] = value
+        return out, done
 
     def render(self) -> tuple[bytes, dict[str, dict[str, int]]]:
         doc, commit = self.snapshot()
@@ -355,7 +387,7 @@ class Metrics:
                 self.inc("logger", "metrics_fails")
                 raise
             for group, done in commit.items():
-                self._reported[group].update(done)
+                self._reported.setdefault(group, {}).update(done)
             self.flush_count += 1
             return True
 
@@ -438,6 +470,12 @@ def attach_machine(metrics: Metrics, machine: Any) -> None:
         metrics.add_source("i8042", statistics_source(devices["i8042"]))
     if hasattr(machine, "statistics"):
         metrics.add_source("vcpu", vcpu_source(machine))
+    # virtio devices (behind their transport's ``.device``) that report per-device groups
+    for component in devices.values():
+        device = getattr(component, "device", component)
+        group, device_id = getattr(device, "metrics_group", None), getattr(device, "metrics_id", None)
+        if group in GROUPS and device_id and hasattr(device, "statistics"):
+            metrics.add_device_source(group, device_id, statistics_source(device))
 
 
 # --- the periodic timer ------------------------------------------------------------------------------

@@ -88,6 +88,54 @@ def test_metrics_sources_are_reported_as_deltas(tmp_path) -> None:
     assert [u["read_count"] for u in uart] == [1, 0]
 
 
+def test_metrics_device_groups_come_before_their_aggregate_and_sum_into_it(tmp_path) -> None:
+    counts = {"a": {"read_count": 2, "write_bytes": 512}, "b": {"read_count": 5, "write_bytes": 0}}
+    m, path = _metrics(tmp_path)
+    m.add_device_source("block", "b", lambda: counts["b"])
+    m.add_device_source("block", "a", lambda: counts["a"])
+    m.write()
+    counts["a"] = {"read_count": 3, "write_bytes": 1024}
+    m.write()
+    first, second = _lines(path)
+    keys = list(first)
+    assert keys.index("block_b") + 1 == keys.index("block_a") and keys.index("block_a") + 1 == keys.index("block")
+    assert keys.index("balloon") < keys.index("block_b") and keys[keys.index("block") + 1] == "deprecated_api"
+    assert list(first["block_a"]) == list(first["block"]) == [k for k, _ in M.GROUPS["block"]]
+    assert first["block_a"]["read_count"] == 2 and first["block_b"]["read_count"] == 5
+    assert first["block"]["read_count"] == 7 and first["block"]["write_bytes"] == 512
+    assert first["block_a"]["read_agg"] == {"min_us": 0, "max_us": 0, "sum_us": 0}
+    # deltas per device and in the aggregate
+    assert second["block_a"]["read_count"] == 1 and second["block_a"]["write_bytes"] == 512
+    assert second["block_b"]["read_count"] == 0
+    assert second["block"]["read_count"] == 1
+
+
+def test_metrics_device_source_needs_a_known_group(tmp_path) -> None:
+    m, _ = _metrics(tmp_path)
+    with pytest.raises(KeyError):
+        m.add_device_source("nosuchgroup", "x", dict)
+
+
+def test_metrics_attach_machine_registers_devices_that_opt_in(tmp_path) -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Stats:
+        flush_count: int
+
+    class Device:
+        metrics_group, metrics_id = "block", "rootfs"
+
+        def statistics(self) -> Stats:
+            return Stats(4)
+
+    transport = type("Transport", (), {"device": Device()})()
+    machine = type("Machine", (), {"devices": {"block_rootfs": transport, "other": object()}})()
+    m, path = _metrics(tmp_path)
+    M.attach_machine(m, machine)
+    m.write()
+    (doc,) = _lines(path)
+    assert doc["block_rootfs"]["flush_count"] == 4 and doc["block"]["flush_count"] == 4
+
+
 def test_metrics_vcpu_source_sums_over_vcpus() -> None:
     @dataclasses.dataclass
     class VcpuStats:

@@ -172,3 +172,48 @@ def test_patch_drive_after_boot_resizes_what_the_guest_sees(kvm, probe_kernel, t
         assert "FAIL" not in out, vmm.describe()
     finally:
         vmm.stop()
+
+
+def _metric_totals(path) -> dict[str, dict[str, int]]:
+    """Sum the per-flush deltas of every counter group in a metrics file (one JSON object a line)."""
+    import json
+
+    totals: dict[str, dict[str, int]] = {}
+    for line in path.read_text().splitlines():
+        for group, values in json.loads(line).items():
+            if isinstance(values, dict):
+                dst = totals.setdefault(group, {})
+                for key, value in values.items():
+                    if isinstance(value, int):
+                        dst[key] = dst.get(key, 0) + value
+    return totals
+
+
+def test_per_drive_metrics_in_firecracker_shape(kvm, probe_kernel, run_vmm, tmp_path):
+    root, data = tmp_path / "root.img", tmp_path / "data.img"
+    root.write_bytes(bytes(64 * 1024))
+    data.write_bytes(bytes(64 * 1024))
+    metrics = tmp_path / "metrics.json"
+    drives = [
+        {"drive_id": "rootfs", "is_root_device": True, "path_on_host": str(root), "cache_type": "Writeback"},
+        {"drive_id": "data_2", "is_root_device": False, "path_on_host": str(data)},
+    ]
+    run = run_vmm(_config(probe_kernel, drives, "probe.blk=rw"), args=("--metrics-path", str(metrics)))
+    _assert_clean(run)
+    import json
+
+    first = json.loads(metrics.read_text().splitlines()[0])
+    keys = list(first)
+    # Firecracker's order: block_<id> groups in attach order, then the aggregate, then deprecated_api.
+    assert keys[keys.index("balloon") + 1 : keys.index("deprecated_api")] == ["block_rootfs", "block_data_2", "block"]
+    assert list(first["block_rootfs"]) == list(first["block"])
+    totals = _metric_totals(metrics)
+    rootfs, other, agg = totals["block_rootfs"], totals["block_data_2"], totals["block"]
+    # probe.blk=rw: one 512-byte write, one read, a flush, a get-id and an out-of-range read.
+    assert rootfs["write_count"] == 1 and rootfs["write_bytes"] == 512, rootfs
+    assert rootfs["read_count"] == 1 and rootfs["read_bytes"] == 512, rootfs
+    assert rootfs["flush_count"] == 1 and rootfs["invalid_reqs_count"] == 1, rootfs
+    assert rootfs["queue_event_count"] >= 5 and rootfs["event_fails"] == 0, rootfs
+    assert all(v == 0 for v in other.values()), other  # the guest never touched the second drive
+    for key in ("write_count", "write_bytes", "read_count", "read_bytes", "flush_count", "queue_event_count"):
+        assert agg[key] == rootfs[key] + other[key], key

@@ -66,6 +66,7 @@ BlockStatistics = make_dataclass(
 
 class BlockDevice(VirtioDevice):
     device_type = spec.VIRTIO_ID_BLOCK
+    metrics_group = "block"  # metrics: "block_<drive_id>" groups plus the "block" aggregate
 
     def __init__(self, drive_id: str, backend: DiskBackend, rate_limiter: RateLimiter | None = None) -> None:
         features = 1 << spec.VIRTIO_RING_F_EVENT_IDX
@@ -78,6 +79,10 @@ class BlockDevice(VirtioDevice):
         self.backend = backend
         self.rate_limiter = rate_limiter
         self.counters = BlockCounters()
+
+    @property
+    def metrics_id(self) -> str:
+        return self.drive_id
 
     @property
     def capacity_sectors(self) -> int:
