@@ -34,11 +34,12 @@ one single json failed: <why>``, exit 1), then ``sparkler.vmm.runtime`` is impor
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from sparkler import __version__
 from sparkler.vmm.runtime_options import (
@@ -71,8 +72,7 @@ class InvalidLevelError(ArgParseError):
     exit_code = FcExitCode.BAD_CONFIGURATION
 
 
-@dataclasses.dataclass(frozen=True)
-class Flag:
+class Flag(msgspec.Struct, frozen=True):
     name: str
     help: str
     takes_value: bool = True
@@ -169,13 +169,11 @@ _NUMERIC = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class HelpRequest:
+class HelpRequest(msgspec.Struct, frozen=True):
     """``--help``/``-h`` was given."""
 
 
-@dataclasses.dataclass(frozen=True)
-class VersionRequest:
+class VersionRequest(msgspec.Struct, frozen=True):
     """``--version`` was given."""
 
 
@@ -441,7 +439,7 @@ def _run(options: RunOptions, name: str) -> int:
             json.loads(metadata)
         except ValueError as e:
             return fail(f"Invalid JSON in metadata file {options.metadata}: {e}")
-        options = dataclasses.replace(options, metadata_json=metadata)
+        options = msgspec.structs.replace(options, metadata_json=metadata)
 
     from sparkler.vmm import runtime
 

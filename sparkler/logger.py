@@ -32,12 +32,13 @@ Use the module-level default logger: ``from sparkler import logger as log; log.i
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import threading
 import time
 from typing import Any
+
+import msgspec
 
 from sparkler.errors import ConfigError
 from sparkler.host.thread_name import current_name
@@ -66,8 +67,7 @@ def parse_level(value: str | int) -> int:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class LoggerStatistics:
+class LoggerStatistics(msgspec.Struct, frozen=True):
     lines_written: int
     missed_log_count: int
     rate_limited_log_count: int

@@ -15,7 +15,8 @@ Firecracker answers in two layers, with two body shapes:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+
+import msgspec
 
 from sparkler.vmm.actions import VmmActionError
 
@@ -42,8 +43,7 @@ SERVER_FULL_RESPONSE = (
 DROPPED_SUFFIX = "\nAll previous unanswered requests will be dropped."
 
 
-@dataclass(frozen=True)
-class ApiFault:
+class ApiFault(msgspec.Struct, frozen=True):
     """A request the router refused before it reached the VMM (always a 400 fault_message)."""
 
     message: str

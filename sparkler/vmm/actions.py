@@ -1,6 +1,6 @@
 """VMM actions: what the API asks of the VMM thread, and what it answers.
 
-The API thread turns each HTTP request into one ``VmmAction`` (a frozen dataclass per verb,
+The API thread turns each HTTP request into one ``VmmAction`` (a frozen msgspec Struct per verb,
 carrying an already-decoded config model) and the controller answers with ``VmmData`` or a
 ``VmmActionError``. Error messages are Firecracker's: ``"<category>: <detail>"``, and the two
 phase errors are fixed sentences that tools grep for. HTTP status codes are not known here (they
@@ -9,8 +9,9 @@ live in ``api/faults.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
+
+import msgspec
 
 from sparkler.errors import SparklerError
 
@@ -29,94 +30,77 @@ FIRECRACKER_VERSION = "1.17.0-dev"
 
 
 # --- actions ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GetInstanceInfo:
+class GetInstanceInfo(msgspec.Struct, frozen=True):
     pass
 
 
-@dataclass(frozen=True)
-class GetVersion:
+class GetVersion(msgspec.Struct, frozen=True):
     pass
 
 
-@dataclass(frozen=True)
-class GetMachineConfig:
+class GetMachineConfig(msgspec.Struct, frozen=True):
     pass
 
 
-@dataclass(frozen=True)
-class GetVmConfig:
+class GetVmConfig(msgspec.Struct, frozen=True):
     pass
 
 
-@dataclass(frozen=True)
-class StartMicroVm:
+class StartMicroVm(msgspec.Struct, frozen=True):
     pass
 
 
-@dataclass(frozen=True)
-class SendCtrlAltDel:
+class SendCtrlAltDel(msgspec.Struct, frozen=True):
     pass
 
 
-@dataclass(frozen=True)
-class FlushMetrics:
+class FlushMetrics(msgspec.Struct, frozen=True):
     pass
 
 
-@dataclass(frozen=True)
-class PutBootSource:
+class PutBootSource(msgspec.Struct, frozen=True):
     config: BootSourceConfig
 
 
-@dataclass(frozen=True)
-class PutMachineConfig:
+class PutMachineConfig(msgspec.Struct, frozen=True):
     config: MachineConfig
     # Whether the body named cpu_template: an omitted template keeps the current one.
     sets_cpu_template: bool = False
     deprecation: str | None = None
 
 
-@dataclass(frozen=True)
-class PatchMachineConfig:
+class PatchMachineConfig(msgspec.Struct, frozen=True):
     update: MachineConfigUpdate
     deprecation: str | None = None
 
 
-@dataclass(frozen=True)
-class PutCpuConfig:
+class PutCpuConfig(msgspec.Struct, frozen=True):
     config: CpuConfig
 
 
-@dataclass(frozen=True)
-class PutLogger:
+class PutLogger(msgspec.Struct, frozen=True):
     config: LoggerConfig
 
 
-@dataclass(frozen=True)
-class PutMetrics:
+class PutMetrics(msgspec.Struct, frozen=True):
     config: MetricsConfig
 
 
-@dataclass(frozen=True)
-class PutSerial:
+class PutSerial(msgspec.Struct, frozen=True):
     config: SerialConfig
 
 
-@dataclass(frozen=True)
-class PatchVmState:
+class PatchVmState(msgspec.Struct, frozen=True):
     state: Literal["Paused", "Resumed"]
 
 
-@dataclass(frozen=True)
-class PutDrive:
+class PutDrive(msgspec.Struct, frozen=True):
     """PUT /drives/{drive_id} (pre-boot): add or replace a block device."""
 
     config: DriveConfig
 
 
-@dataclass(frozen=True)
-class PatchDrive:
+class PatchDrive(msgspec.Struct, frozen=True):
     """PATCH /drives/{drive_id} (post-boot): swap the backing file and/or the rate limiter."""
 
     update: DriveUpdate
@@ -145,31 +129,26 @@ ACTION_TYPES = VmmAction.__args__  # type: ignore[attr-defined]
 
 
 # --- responses ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Empty:
+class Empty(msgspec.Struct, frozen=True):
     """Success without a body (HTTP 204)."""
 
 
-@dataclass(frozen=True)
-class InstanceInfoData:
+class InstanceInfoData(msgspec.Struct, frozen=True):
     id: str
     state: str
     vmm_version: str
     app_name: str = "Firecracker"
 
 
-@dataclass(frozen=True)
-class VersionData:
+class VersionData(msgspec.Struct, frozen=True):
     firecracker_version: str
 
 
-@dataclass(frozen=True)
-class MachineConfigData:
+class MachineConfigData(msgspec.Struct, frozen=True):
     config: MachineConfig
 
 
-@dataclass(frozen=True)
-class VmConfigData:
+class VmConfigData(msgspec.Struct, frozen=True):
     """GET /vm/config; ``config.boot_source`` is None until PUT /boot-source."""
 
     config: VmmConfig

@@ -40,11 +40,9 @@ Wiring (the runtime's job; the VMM thread is the main thread)::
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -61,8 +59,7 @@ from sparkler.vmm.channel import Channel
 NOT_STARTED = "Not started"
 
 
-@dataclass
-class ControllerHooks:
+class ControllerHooks(msgspec.Struct):
     """Process-wide services the runtime wires in (all optional; None = nothing to do).
 
     * ``configure_logger(LoggerConfig)``: apply a PUT /logger (the merged configuration).
@@ -367,8 +364,8 @@ class Controller:
         except OSError as e:
             raise A.StartMicrovmError(f"Cannot open the serial output file {path}: {e.strerror}") from None
         options = self.build_options
-        if dataclasses.is_dataclass(options) and hasattr(options, "serial_out"):
-            options = dataclasses.replace(options, serial_out=fd)  # type: ignore[arg-type]
+        if isinstance(options, msgspec.Struct) and hasattr(options, "serial_out"):
+            options = msgspec.structs.replace(options, serial_out=fd)  # type: ignore[arg-type]
         return options, fd
 
     # --- post-boot ----------------------------------------------------------------------------

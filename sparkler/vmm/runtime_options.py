@@ -8,8 +8,9 @@ Exit codes are Firecracker's ``FcExitCode`` values; every place that ends the pr
 
 from __future__ import annotations
 
-import dataclasses
 import enum
+
+import msgspec
 
 DEFAULT_API_SOCK = "/run/firecracker.socket"
 DEFAULT_INSTANCE_ID = "anonymous-instance"
@@ -35,8 +36,7 @@ class FcExitCode(enum.IntEnum):
     SIGILL = 157
 
 
-@dataclasses.dataclass(frozen=True)
-class RunOptions:
+class RunOptions(msgspec.Struct):
     """The parsed command line. Defaults are Firecracker's.
 
     ``mmds_size_limit`` left as None resolves to ``http_api_max_payload_size`` (Firecracker's rule).
@@ -72,14 +72,13 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         if self.mmds_size_limit is None:
-            object.__setattr__(self, "mmds_size_limit", self.http_api_max_payload_size)
+            self.mmds_size_limit = self.http_api_max_payload_size
 
 
 __all__ = ["FcExitCode", "RunOptions"]
 
 
-@dataclasses.dataclass(frozen=True)
-class BuildOptions:
+class BuildOptions(msgspec.Struct, frozen=True):
     """How the builder wires host resources; lives here (not in vmm/builder.py) so that the API
     runtime can hold one before InstanceStart without importing the builder, KVM and the devices."""
 

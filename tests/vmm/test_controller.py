@@ -209,14 +209,10 @@ def test_controller_put_serial_rate_limiter_not_supported(controller):
 
 
 def test_controller_serial_out_path_reaches_builder(tmp_path, kernel):
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class Options:
-        serial_out: int | None = None
+    from sparkler.vmm.runtime_options import BuildOptions
 
     builder = FakeBuilder()
-    controller = Controller(builder, Options())
+    controller = Controller(builder, BuildOptions())
     out = tmp_path / "serial.out"
     call(controller, "PUT", "/serial", {"serial_out_path": str(out)})
     boot(controller, kernel)
