@@ -25,6 +25,13 @@ honours ``VRING_AVAIL_F_NO_INTERRUPT``; with it, ``used_event`` decides whether 
 entries needs an interrupt (:meth:`Queue.prepare_kick`) and the device publishes ``avail_event`` when
 its ring is empty (:meth:`Queue.try_enable_notification`) so the driver kicks only when needed.
 
+Ring indexes are shared with a driver running concurrently on another CPU, so every 16-bit ring
+field (``avail.idx``, ``used.idx``, the event indexes, ring entries) is read and written with one
+2-byte access through a native ``'H'`` memoryview: ``struct``'s little-endian (``'<H'``) codecs move
+one byte at a time, and a driver polling ``used.idx`` while it went from 0x00ff to 0x0100 could see
+0x01ff (and we could read a half-updated ``avail.idx`` as far ahead). Virtio rings are little-endian,
+like every host KVM on x86 runs on.
+
 The queue knows nothing of devices, eventfds, threads or KVM; it receives the memory object in
 :meth:`Queue.initialize` when the device is activated.
 """
@@ -32,6 +39,7 @@ The queue knows nothing of devices, eventfds, threads or KVM; it receives the me
 from __future__ import annotations
 
 import struct
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -42,11 +50,13 @@ from sparkler.memory import GuestMemory
 FIRECRACKER_QUEUE_MAX_SIZE = 256  # every Firecracker queue offers QueueNumMax 256
 
 _DESC = struct.Struct("<QIHH")
-_U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
 _MAX_CHAIN_BYTES = 1 << 32  # spec 2.7.5: a chain is at most 2**32 bytes long in total
 
 _fence_lock = threading.Lock()
+
+if sys.byteorder != "little":  # pragma: no cover - x86 only
+    raise ImportError("the virtqueue reads little-endian ring fields with native 16-bit accesses")
 
 
 def full_barrier() -> None:
@@ -115,6 +125,9 @@ class Queue:
         self._desc: memoryview | None = None
         self._avail: memoryview | None = None
         self._used: memoryview | None = None
+        # the same two areas as arrays of u16, for single 2-byte loads and stores (see module doc)
+        self._avail16: memoryview | None = None
+        self._used16: memoryview | None = None
         self._memory: GuestMemory | None = None
 
     # --- configuration ----------------------------------------------------------------------------
@@ -154,6 +167,8 @@ class Queue:
         self._desc = memory.slice(self.desc_table, spec.vring_desc_table_size(self.size))
         self._avail = memory.slice(self.avail_ring, spec.vring_avail_size(self.size))
         self._used = memory.slice(self.used_ring, spec.vring_used_size(self.size))
+        self._avail16 = self._avail.cast("B").cast("H")
+        self._used16 = self._used.cast("B").cast("H")
         self.next_avail = 0
         self.next_used = 0
         self.num_added = 0
@@ -168,14 +183,24 @@ class Queue:
         return self._memory, self._desc, self._avail, self._used
 
     # --- driver area ------------------------------------------------------------------------------
+    def _avail_u16(self) -> memoryview:
+        if self._avail16 is None:
+            raise RuntimeError("virtqueue used before initialize()")
+        return self._avail16
+
+    def _used_u16(self) -> memoryview:
+        if self._used16 is None:
+            raise RuntimeError("virtqueue used before initialize()")
+        return self._used16
+
     def avail_idx(self) -> int:
-        return int(_U16.unpack_from(self._areas()[2], 2)[0])
+        return self._avail_u16()[1]
 
     def avail_flags(self) -> int:
-        return int(_U16.unpack_from(self._areas()[2], 0)[0])
+        return self._avail_u16()[0]
 
     def used_event(self) -> int:
-        return int(_U16.unpack_from(self._areas()[2], 4 + 2 * self.size)[0])
+        return self._avail_u16()[2 + self.size]
 
     def pending(self) -> int:
         """How many heads the driver has made available that the device has not popped.
@@ -197,9 +222,7 @@ class Queue:
         """The next available chain, validated; None when the ring is empty."""
         if self.pending() == 0:
             return None
-        _, _, avail, _ = self._areas()
-        slot = self.next_avail % self.size
-        head = int(_U16.unpack_from(avail, 4 + 2 * slot)[0])
+        head = self._avail_u16()[2 + self.next_avail % self.size]
         self.next_avail = (self.next_avail + 1) & 0xFFFF
         return self._read_chain(head)
 
@@ -250,12 +273,11 @@ class Queue:
         _USED_ELEM.pack_into(used, 4 + spec.VRING_USED_ELEM_SIZE * slot, head, length)
         # x86 keeps stores in program order, so the element is visible before the index.
         self.next_used = (self.next_used + 1) & 0xFFFF
-        _U16.pack_into(used, 2, self.next_used)
+        self._used_u16()[1] = self.next_used  # one 2-byte store
         self.num_added += 1
 
     def set_avail_event(self, value: int) -> None:
-        _, _, _, used = self._areas()
-        _U16.pack_into(used, 4 + spec.VRING_USED_ELEM_SIZE * self.size, value & 0xFFFF)
+        self._used_u16()[2 + (spec.VRING_USED_ELEM_SIZE // 2) * self.size] = value & 0xFFFF
 
     def try_enable_notification(self) -> bool:
         """Ask the driver to kick on its next chain; True when the ring is (still) empty.
