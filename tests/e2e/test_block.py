@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 
+import pytest
+
 BASE_ARGS = "console=ttyS0 reboot=k panic=1 probe.cpus=1 probe.mem_mib=128"
 
 
@@ -217,3 +219,156 @@ def test_per_drive_metrics_in_firecracker_shape(kvm, probe_kernel, run_vmm, tmp_
     assert all(v == 0 for v in other.values()), other  # the guest never touched the second drive
     for key in ("write_count", "write_bytes", "read_count", "read_bytes", "flush_count", "queue_event_count"):
         assert agg[key] == rootfs[key] + other[key], key
+
+
+def _bench():
+    import sys
+
+    bench = str(__import__("pathlib").Path(__file__).resolve().parents[2] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    import block_throughput
+
+    return block_throughput
+
+
+def test_probe_keeps_a_full_queue_busy_across_ring_wraps(kvm, probe_kernel, tmp_path):
+    # 3000 requests through a 256-entry ring, 64 in flight, EVENT_IDX kicks: the ring indexes wrap
+    # many times (a torn 16-bit used.idx store once showed the guest 0x01ff instead of 0x0100 here).
+    bench = _bench()
+    disk = tmp_path / "disk.img"
+    bench.make_disk(disk, 16)
+    for mode in ("randread", "write"):
+        res = bench.run_once(probe_kernel, disk, tmp_path, mode, 4096, 3000, depth=64, timeout=60)
+        assert res["requests"] == 3000 and res["bytes"] == 3000 * 4096, res
+        assert res["kicks"] < 3000, res  # EVENT_IDX: far fewer kicks than requests
+
+
+def _limited(bench, probe_kernel, tmp_path, mode, bs, n, rate_limiter) -> dict:
+    disk = tmp_path / "disk.img"
+    if not disk.exists():
+        bench.make_disk(disk, 32)
+    return bench.run_once(probe_kernel, disk, tmp_path, mode, bs, n, depth=32, timeout=60,
+                          drive={"rate_limiter": rate_limiter})
+
+
+def _steady_rate(probe_kernel, tmp_path, mode, bs, n, mark, rate_limiter, counter) -> tuple[float, float]:
+    """(host rate, guest rate) of ``counter`` (block read_count or read_bytes) per second, after the
+    bucket's initial burst. Host side: two FlushMetrics a known time apart, while the guest runs;
+    guest side: the LAPIC-timed completion of request ``mark`` and of the last one."""
+    import json
+    import time
+
+    from sparkler.sdk.client import Client
+    from tests.e2e.test_api_boot import Vmm
+
+    bench = _bench()
+    disk = tmp_path / "disk.img"
+    bench.make_disk(disk, 32)
+    args = (f"{BASE_ARGS} probe.blk_bench={mode} probe.blk_bs={bs} probe.blk_n={n} probe.blk_depth=32 "
+            f"probe.blk_mark={mark}")
+    drive = {"drive_id": "rootfs", "is_root_device": True, "path_on_host": str(disk), "rate_limiter": rate_limiter}
+    cfg = tmp_path / "vm.json"
+    cfg.write_text(json.dumps({"boot-source": {"kernel_image_path": str(probe_kernel), "boot_args": args},
+                               "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "drives": [drive]}))
+    vmm = Vmm(tmp_path, "--config-file", str(cfg), "--metrics-path", str(tmp_path / "metrics.json"))
+    try:
+        vmm.start()
+        api = Client(vmm.sock)
+        deadline = time.monotonic() + 30
+        while "INFO blk_bench_start" not in vmm.stdout:
+            assert time.monotonic() < deadline and vmm.proc.poll() is None, vmm.describe()
+            time.sleep(0.01)
+        time.sleep(0.5)  # past the initial burst
+        samples = []
+        for _ in range(2):
+            api.request("PUT", "/actions", {"action_type": "FlushMetrics"})
+            totals = _metric_totals(vmm.metrics_path)["block_rootfs"][counter]
+            stamp = json.loads(vmm.metrics_path.read_text().splitlines()[-1])["utc_timestamp_ms"]
+            samples.append((stamp / 1000, totals))
+            time.sleep(2.0)
+        assert "PASS blk_bench" not in vmm.stdout, "the guest finished before the second sample: " + vmm.describe()
+        assert vmm.wait() == 0, vmm.describe()
+        (t1, c1), (t2, c2) = samples
+        line = next(ln for ln in vmm.stdout.splitlines() if "PASS blk_bench " in ln)
+        fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+        unit = 1 if counter == "read_count" else bs
+        guest = (n - mark) * unit / ((int(fields["us"]) - int(fields["mark_us"])) / 1e6)
+        return (c2 - c1) / (t2 - t1), guest
+    finally:
+        vmm.stop()
+
+
+def test_rate_limiter_holds_ops_per_second_within_10_percent(kvm, probe_kernel, tmp_path):
+    # 200 ops/s: a 200-op bucket refilled over 1 s (longer than the 100 ms retry timer, so a late
+    # timer loses no tokens). The unthrottled guest does 10k+ ops/s here, far above the limit.
+    # 1200 requests: ~5 s in all, the last 600 (3 s) timed by the guest, 2 s of it by the host.
+    host, guest = _steady_rate(probe_kernel, tmp_path, "randread", 4096, 1200, 600,
+                               {"ops": {"size": 200, "refill_time": 1000}}, "read_count")
+    print(f"ops/s host={host:.1f} guest={guest:.1f}")
+    assert abs(host - 200) <= 20, (host, guest)
+    assert abs(guest - 200) <= 20, (host, guest)
+
+
+def test_rate_limiter_holds_bytes_per_second_within_10_percent(kvm, probe_kernel, tmp_path):
+    # 10 MiB/s of 64 KiB reads: a 10 MiB bandwidth bucket refilled over 1 s.
+    mib = 1 << 20
+    host, guest = _steady_rate(probe_kernel, tmp_path, "read", 64 << 10, 960, 480,
+                               {"bandwidth": {"size": 10 * mib, "refill_time": 1000}}, "read_bytes")
+    print(f"MiB/s host={host / mib:.2f} guest={guest / mib:.2f}")
+    assert abs(host / mib - 10) <= 1, (host / mib, guest / mib)
+    assert abs(guest / mib - 10) <= 1, (host / mib, guest / mib)
+
+
+def test_rate_limiter_one_time_burst_passes_first(kvm, probe_kernel, tmp_path):
+    # ops: 100/s (100-op bucket over 1 s) plus a one-time burst of 300 ops: 600 requests = 300 burst +
+    # 100 bucket + 200 at 100/s = 2 s.
+    bench = _bench()
+    n = 600
+    limiter = {"ops": {"size": 100, "one_time_burst": 300, "refill_time": 1000}}
+    res = _limited(bench, probe_kernel, tmp_path, "randread", 4096, n, limiter)
+    rate = (n - 300 - 100) / res["host_s"]
+    assert abs(rate - 100) <= 10, (rate, res)
+
+
+@pytest.mark.parametrize("kind", ["oob", "loop", "avail"])
+def test_malformed_chain_breaks_the_device_and_the_vmm_keeps_serving(kvm, probe_kernel, tmp_path, kind):
+    # The guest offers one malformed chain (a buffer outside guest RAM, a descriptor loop, avail.idx
+    # 1000 entries ahead) and then hangs. The device must answer DEVICE_NEEDS_RESET, the log and the
+    # metrics must say so, and the API must keep working.
+    import json
+    import signal
+    import time
+
+    from sparkler.sdk.client import Client
+    from tests.e2e.test_api_boot import Vmm
+
+    img = tmp_path / "disk.img"
+    original = bytes((i * 11) & 0xFF for i in range(64 * 1024))
+    img.write_bytes(original)
+    cfg = tmp_path / "vm.json"
+    cfg.write_text(json.dumps(_config(probe_kernel, [
+        {"drive_id": "rootfs", "is_root_device": True, "path_on_host": str(img)}], f"probe.blk_bad={kind} probe.hang=1")))
+    vmm = Vmm(tmp_path, "--config-file", str(cfg), "--metrics-path", str(tmp_path / "metrics.json"))
+    try:
+        vmm.start()
+        deadline = time.monotonic() + 30
+        while "INFO hang" not in vmm.stdout:
+            assert time.monotonic() < deadline and vmm.proc.poll() is None, vmm.describe()
+            time.sleep(0.02)
+        assert re.search(rf"PASS blk_bad kind={kind} status=0x4f ", vmm.stdout), vmm.describe()
+        api = Client(vmm.sock)
+        info = json.loads(api.request("GET", "/"))
+        assert info["state"] == "Running"
+        api.request("PUT", "/actions", {"action_type": "FlushMetrics"})
+        totals = _metric_totals(vmm.metrics_path)
+        assert totals["block_rootfs"]["event_fails"] == 1, totals["block_rootfs"]
+        assert totals["block"]["event_fails"] == 1
+        assert totals["block_rootfs"]["read_count"] == 0 and totals["block_rootfs"]["write_count"] == 0
+        assert any("virtio device (type 2) needs reset" in line for line in vmm.log_lines()), vmm.describe()
+        json.loads(api.request("GET", "/vm/config"))  # still serving
+        os.killpg(vmm.proc.pid, signal.SIGHUP)
+        assert vmm.wait() == 156, vmm.describe()
+        assert img.read_bytes() == original
+    finally:
+        vmm.stop()
