@@ -19,6 +19,7 @@ LAYERS = {
     "arch": 2,
     "devices": 2,
     "config": 2,
+    "mmds": 2,
     "vmm": 3,
     "api": 4,
     "cli": 5,

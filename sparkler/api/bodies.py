@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from sparkler.config.mmds import DEFAULT_IPV4_ADDRESS
 from sparkler.vmm import actions as A
 
 # GET /vm/config: Firecracker's FullVmConfiguration always reports these as null (catalog 1.3).
@@ -28,6 +29,9 @@ def vm_config_document(config: Any) -> dict[str, Any]:
         doc["boot-source"] = {"kernel_image_path": ""}
     if config.machine_config is not None:
         doc["machine-config"] = machine_config_document(config.machine_config)
+    mmds = doc.get("mmds-config")
+    if mmds is not None and mmds.get("ipv4_address") is None:
+        doc["mmds-config"] = {**mmds, "ipv4_address": DEFAULT_IPV4_ADDRESS}
     for key in _ALWAYS_NULL:
         doc[key] = None
     for key in _LISTS:
@@ -55,6 +59,8 @@ def encode(data: A.VmmData) -> bytes | None:
             return msgspec.json.encode(machine_config_document(data.config))
         case A.VmConfigData():
             return msgspec.json.encode(vm_config_document(data.config))
+        case A.MmdsData():
+            return msgspec.json.encode(data.value, order="sorted")
     raise TypeError(f"no body encoding for {type(data).__name__}")
 
 

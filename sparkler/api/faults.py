@@ -18,7 +18,7 @@ import json
 
 import msgspec
 
-from sparkler.vmm.actions import VmmActionError
+from sparkler.vmm.actions import MmdsLimitExceededError, VmmActionError
 
 OK = 200
 NO_CONTENT = 204
@@ -55,8 +55,9 @@ def fault_body(message: str) -> bytes:
 
 
 def action_error_response(error: VmmActionError) -> tuple[int, bytes]:
-    """(status, body) for a failed action. Every category is a 400 today."""
-    return BAD_REQUEST, fault_body(str(error))
+    """(status, body) for a failed action: 413 for an MMDS store over its limit, else 400."""
+    status = PAYLOAD_TOO_LARGE if isinstance(error, MmdsLimitExceededError) else BAD_REQUEST
+    return status, fault_body(str(error))
 
 
 def api_fault_response(fault: ApiFault) -> tuple[int, bytes]:

@@ -231,6 +231,43 @@ def parse_patch_drive(rest: list[str], body: bytes) -> A.VmmAction:
     return PatchDrive(_decode(body, DriveUpdate))  # type: ignore[return-value]
 
 
+def _decode_any(body: bytes) -> Any:
+    """Any JSON value (the MMDS store takes arbitrary JSON)."""
+    try:
+        return msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError) as e:
+        raise _Fault(DESERIALIZE_PREFIX + _describe_decode_error(e, None) + ".") from None
+
+
+def parse_put_mmds(body: bytes) -> A.VmmAction:
+    return A.PutMmds(_decode_any(body))
+
+
+def parse_patch_mmds(body: bytes) -> A.VmmAction:
+    return A.PatchMmds(_decode_any(body))
+
+
+def parse_put_mmds_config(body: bytes) -> A.VmmAction:
+    from sparkler.config.mmds import V1_DEPRECATION, MmdsConfig
+
+    config: MmdsConfig = _decode(body, MmdsConfig)
+    # V1 is deprecated, including when it is the default (catalog 1.1, Deprecation).
+    return A.PutMmdsConfig(config, deprecation=V1_DEPRECATION if config.version == "V1" else None)
+
+
+def _mmds_other(rest: list[str], body: bytes) -> A.VmmAction:
+    """/mmds/<token> beyond the routed ones: PATCH ignores the suffix (as Firecracker does)."""
+    raise _Fault(f"Unrecognized PUT request path `{rest[0]}`.")
+
+
+def _patch_mmds_any(rest: list[str], body: bytes) -> A.VmmAction:
+    return parse_patch_mmds(body)
+
+
+def _get_mmds_other(rest: list[str], body: bytes) -> A.VmmAction:
+    raise _Fault(f"Unrecognized GET request path `{rest[0]}`.")
+
+
 def _device(what: str) -> Callable[[list[str], bytes], A.VmmAction]:
     def parse(rest: list[str], body: bytes) -> A.VmmAction:
         raise _not_supported(what)
@@ -250,6 +287,9 @@ _BODY_ROUTES: dict[tuple[str, str, tuple[str, ...]], Callable[[bytes], A.VmmActi
     ("PUT", "serial", ()): parse_put_serial,
     ("PATCH", "machine-config", ()): parse_patch_machine_config,
     ("PATCH", "vm", ()): parse_patch_vm,
+    ("PUT", "mmds", ()): parse_put_mmds,
+    ("PUT", "mmds", ("config",)): parse_put_mmds_config,
+    ("PATCH", "mmds", ()): parse_patch_mmds,
 }
 
 _GET_ROUTES: dict[tuple[str, ...], A.VmmAction] = {
@@ -257,6 +297,7 @@ _GET_ROUTES: dict[tuple[str, ...], A.VmmAction] = {
     ("version",): A.GetVersion(),
     ("machine-config",): A.GetMachineConfig(),
     ("vm", "config"): A.GetVmConfig(),
+    ("mmds",): A.GetMmds(),
 }
 
 # Endpoints of features later issues provide: (method, first token) -> handler(rest, body).
@@ -281,9 +322,9 @@ _DEVICE_ROUTES: dict[tuple[str, str], Callable[[list[str], bytes], A.VmmAction]]
     ("PUT", "balloon"): _device("The balloon device (PUT /balloon)"),
     ("PATCH", "balloon"): _device("The balloon device (PATCH /balloon)"),
     ("GET", "balloon"): _device("The balloon device (GET /balloon)"),
-    ("PUT", "mmds"): _device("MMDS (PUT /mmds)"),
-    ("PATCH", "mmds"): _device("MMDS (PATCH /mmds)"),
-    ("GET", "mmds"): _device("MMDS (GET /mmds)"),
+    ("PUT", "mmds"): _mmds_other,
+    ("PATCH", "mmds"): _patch_mmds_any,
+    ("GET", "mmds"): _get_mmds_other,
     ("PUT", "snapshot"): _device("Snapshots (PUT /snapshot)"),
     ("PUT", "hotplug"): _device("Memory hot-plug (PUT /hotplug/memory)"),
     ("PATCH", "hotplug"): _device("Memory hot-plug (PATCH /hotplug/memory)"),

@@ -16,6 +16,7 @@ from sparkler.config.drive import DriveConfig, ordered_drives
 from sparkler.config.logger import LoggerConfig
 from sparkler.config.machine import MachineConfig
 from sparkler.config.metrics import MetricsConfig
+from sparkler.config.mmds import MmdsConfig, check_interfaces
 from sparkler.errors import ConfigError
 
 # Sections of Firecracker's config file whose devices Sparkler does not provide yet. An empty value
@@ -24,7 +25,6 @@ NOT_YET_SUPPORTED = (
     "network-interfaces",
     "vsock",
     "balloon",
-    "mmds-config",
     "entropy",
     "pmem",
     "memory-hotplug",
@@ -41,7 +41,7 @@ class VmmConfig(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
     network_interfaces: list[Any] | None = None
     vsock: dict[str, Any] | None = None
     balloon: dict[str, Any] | None = None
-    mmds_config: dict[str, Any] | None = None
+    mmds_config: MmdsConfig | None = None
     entropy: dict[str, Any] | None = None
     pmem: list[Any] | None = None
     memory_hotplug: dict[str, Any] | None = None
@@ -55,6 +55,9 @@ class VmmConfig(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
         for section in NOT_YET_SUPPORTED:
             if getattr(self, section.replace("-", "_")):
                 raise ConfigError(f"The '{section}' section is not supported by this version of Sparkler yet.")
+        if self.mmds_config is not None:
+            self.mmds_config.validate()
+            check_interfaces(self.mmds_config, {i.iface_id for i in (self.network_interfaces or [])})
 
     @property
     def block_devices(self) -> list[DriveConfig]:

@@ -9,7 +9,7 @@ live in ``api/faults.py``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from sparkler.config.logger import LoggerConfig
     from sparkler.config.machine import MachineConfig, MachineConfigUpdate
     from sparkler.config.metrics import MetricsConfig
+    from sparkler.config.mmds import MmdsConfig
     from sparkler.config.serial import SerialConfig
 
 # The Firecracker release whose API Sparkler speaks (GET /version, GET / vmm_version).
@@ -106,6 +107,29 @@ class PatchDrive(msgspec.Struct, frozen=True):
     update: DriveUpdate
 
 
+class GetMmds(msgspec.Struct, frozen=True):
+    pass
+
+
+class PutMmds(msgspec.Struct, frozen=True):
+    """PUT /mmds: replace the whole data store with ``value`` (any JSON value)."""
+
+    value: Any
+
+
+class PatchMmds(msgspec.Struct, frozen=True):
+    """PATCH /mmds: RFC 7396 merge patch of the data store."""
+
+    value: Any
+
+
+class PutMmdsConfig(msgspec.Struct, frozen=True):
+    """PUT /mmds/config (pre-boot)."""
+
+    config: MmdsConfig
+    deprecation: str | None = None
+
+
 VmmAction = (
     GetInstanceInfo
     | GetVersion
@@ -124,6 +148,10 @@ VmmAction = (
     | PatchVmState
     | PutDrive
     | PatchDrive
+    | GetMmds
+    | PutMmds
+    | PatchMmds
+    | PutMmdsConfig
 )
 ACTION_TYPES = VmmAction.__args__  # type: ignore[attr-defined]
 
@@ -154,7 +182,13 @@ class VmConfigData(msgspec.Struct, frozen=True):
     config: VmmConfig
 
 
-VmmData = Empty | InstanceInfoData | VersionData | MachineConfigData | VmConfigData
+class MmdsData(msgspec.Struct, frozen=True):
+    """GET /mmds: the data store's JSON value."""
+
+    value: Any
+
+
+VmmData = Empty | InstanceInfoData | VersionData | MachineConfigData | VmConfigData | MmdsData
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -200,6 +234,20 @@ class MetricsError(VmmActionError):
 
 class SerialConfigError(VmmActionError):
     category = "Serial config error"
+
+
+class MmdsError(VmmActionError):
+    category = "MMDS error"
+
+
+class MmdsLimitExceededError(VmmActionError):
+    """The only action error answered with 413 instead of 400."""
+
+    category = "MMDS limit exceeded error"
+
+
+class MmdsConfigError(VmmActionError):
+    category = "MMMDS config error"  # sic: Firecracker's text has three Ms
 
 
 class StartMicrovmError(VmmActionError):

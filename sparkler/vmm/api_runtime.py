@@ -21,6 +21,7 @@ from sparkler.vmm.runtime import (
     EXIT_OK,
     build_options,
     final_metrics_flush,
+    make_mmds,
     metrics_started,
     periodic_metrics,
     run_event_loop,
@@ -44,6 +45,11 @@ def run(options: RunOptions, config: VmmConfig | None) -> int:
     except SparklerError as e:
         log.error(str(e))
         return EXIT_GENERIC
+    try:
+        mmds = make_mmds(options, config)  # --metadata that does not fit the store: fail before serving
+    except SparklerError as e:
+        log.error(str(e))
+        return EXIT_GENERIC
     channel = Channel()
     hooks = ControllerHooks(
         configure_logger=log.update,
@@ -60,6 +66,7 @@ def run(options: RunOptions, config: VmmConfig | None) -> int:
         config=config,
         hooks=hooks,
         metrics_initialized=metrics_initialized,
+        mmds=mmds,
     )
     if config is not None:
         result = controller.handle(actions.StartMicroVm())

@@ -15,6 +15,7 @@ action                      pre-boot   post-boot
 ==========================  =========  ===========
 GET / /version /vm/config   yes        yes
 GET /machine-config         yes        yes
+GET/PUT/PATCH /mmds         yes        yes (GET: 400 if MMDS was never set up)
 InstanceStart               yes        error
 SendCtrlAltDel, FlushMetrics,
 PATCH /vm                   error      yes
@@ -109,6 +110,7 @@ class Controller:
         hooks: ControllerHooks | None = None,
         metrics_initialized: bool = False,
         vmm_version: str = A.FIRECRACKER_VERSION,
+        mmds: Any = None,
     ) -> None:
         self.builder_fn = builder_fn
         self.build_options = build_options
@@ -123,6 +125,19 @@ class Controller:
         self.machine: Any = None
         # --metrics-path (or an earlier PUT /metrics) initialised metrics: PUT /metrics fails.
         self.metrics_initialized = metrics_initialized
+        # The VM's MMDS (sparkler.mmds.imds.Mmds): data store, MMDS config, tokens. Made on first
+        # use when the caller has none (its size limit then is the default); handed to the builder.
+        self._mmds = mmds
+        if self.config.mmds_config is not None:
+            self.mmds.configure(self.config.mmds_config)
+
+    @property
+    def mmds(self) -> Any:
+        if self._mmds is None:
+            from sparkler.mmds.imds import Mmds
+
+            self._mmds = Mmds(instance_id=self.instance_id)
+        return self._mmds
 
     # --- entry points -------------------------------------------------------------------------
     @property
@@ -176,6 +191,12 @@ class Controller:
                 return self._patch_drive(update)
             case PatchDrive():
                 raise A.OperationNotSupportedPreBoot()
+            case A.GetMmds():
+                return self._get_mmds()
+            case A.PutMmds(value=value):
+                return self._mmds_update("put", value)
+            case A.PatchMmds(value=value):
+                return self._mmds_update("patch", value)
             case _ if booted:
                 raise A.OperationNotSupportedPostBoot()
             case A.PutBootSource(config=boot_source):
@@ -194,7 +215,42 @@ class Controller:
                 return self._put_serial(serial)
             case PutDrive(config=drive):
                 return self._put_drive(drive)
+            case A.PutMmdsConfig(config=mmds_config):
+                return self._put_mmds_config(mmds_config)
         raise A.InternalVmmError(f"unknown action {type(action).__name__}")
+
+    # --- MMDS ---------------------------------------------------------------------------------
+    def _get_mmds(self) -> A.VmmData:
+        from sparkler.mmds.store import NOT_INITIALIZED
+
+        if self.booted and self.config.mmds_config is None and not self.mmds.store.initialized:
+            raise A.MmdsError(NOT_INITIALIZED)
+        return A.MmdsData(self.mmds.store.value())
+
+    def _mmds_update(self, how: str, value: Any) -> A.VmmData:
+        from sparkler.mmds.store import LimitExceeded, MmdsStoreError
+
+        try:
+            getattr(self.mmds.store, how)(value)
+        except LimitExceeded as e:
+            raise A.MmdsLimitExceededError(str(e)) from None
+        except MmdsStoreError as e:
+            raise A.MmdsError(str(e)) from None
+        except (RecursionError, msgspec.EncodeError) as e:
+            raise A.MmdsError(f"Cannot store the value: {e}") from None
+        return A.Empty()
+
+    def _put_mmds_config(self, mmds_config: Any) -> A.VmmData:
+        from sparkler.config.mmds import check_interfaces
+
+        try:
+            mmds_config.validate()
+            check_interfaces(mmds_config, {i.iface_id for i in (self.config.network_interfaces or [])})
+        except ConfigError as e:
+            raise A.MmdsConfigError(str(e)) from None
+        normalized = mmds_config.normalized()
+        self.mmds.configure(normalized)
+        return self._swap(mmds_config=normalized)
 
     # --- pre-boot configuration ---------------------------------------------------------------
     def _swap(self, **changes: Any) -> A.Empty:
@@ -337,6 +393,8 @@ class Controller:
         if self.config.boot_source is None:
             raise A.StartMicrovmError(A.MISSING_KERNEL)
         options, serial_fd = self._options_with_serial()
+        if dataclasses.is_dataclass(options) and hasattr(options, "mmds"):
+            options = dataclasses.replace(options, mmds=self.mmds)  # type: ignore[arg-type]
         try:
             machine = self.builder_fn(self.config, options)
         except (SparklerError, OSError, ValueError) as e:

@@ -7,6 +7,7 @@ on stdin. vCPU threads run the guest; they never wait on this loop.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,27 @@ def build_options(options: RunOptions) -> BuildOptions:
         start_wall_us=time.monotonic_ns() // 1000,
         start_cpu_us=time.process_time_ns() // 1000,
     )
+
+
+def make_mmds(options: RunOptions, config: VmmConfig | None) -> object:
+    """The VM's MMDS: ``--mmds-size-limit``, the instance id as token AAD, the ``--metadata`` document
+    (put before ``mmds-config`` is applied, as Firecracker does) and the config file's
+    ``mmds-config``. Raises ConfigError when the metadata does not fit the limit."""
+    import msgspec
+
+    from sparkler.errors import ConfigError
+    from sparkler.mmds.imds import Mmds
+    from sparkler.mmds.store import MmdsStoreError
+
+    mmds = Mmds(size_limit=int(options.mmds_size_limit or 0), instance_id=options.instance_id)
+    if options.metadata_json is not None:
+        try:
+            mmds.store.put(msgspec.json.decode(options.metadata_json))
+        except (MmdsStoreError, msgspec.DecodeError, RecursionError) as e:
+            raise ConfigError(f"Unable to put the --metadata document into the MMDS: {e}") from None
+    if config is not None and config.mmds_config is not None:
+        mmds.configure(config.mmds_config)
+    return mmds
 
 
 def setup_process(options: RunOptions, config: VmmConfig | None) -> bool:
@@ -106,7 +128,8 @@ def run_from_config(config: VmmConfig, options: RunOptions) -> int:
         log.error(str(e))
         return EXIT_GENERIC
     try:
-        machine = build_microvm(config, build_options(options))
+        mmds = make_mmds(options, config)
+        machine = build_microvm(config, dataclasses.replace(build_options(options), mmds=mmds))
     except SparklerError as e:
         log.error(f"Could not Start MicroVM from one single json: {e}")
         return EXIT_GENERIC

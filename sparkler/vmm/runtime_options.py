@@ -89,3 +89,6 @@ class BuildOptions(msgspec.Struct, frozen=True):
     # Reference points for the boot-timer line (CLOCK_MONOTONIC / process CPU, in microseconds).
     start_wall_us: int | None = None
     start_cpu_us: int | None = None
+    # The VM's sparkler.mmds.imds.Mmds (data store + MMDS config + tokens), shared by the MMDS
+    # network stacks of the interfaces listed in mmds-config; None when nothing made one.
+    mmds: object | None = None

@@ -14,6 +14,7 @@ from sparkler.config.cpu_config import CpuConfig, CpuidLeafModifier, CpuidRegist
 from sparkler.config.logger import LoggerConfig
 from sparkler.config.machine import MachineConfig
 from sparkler.config.metrics import MetricsConfig
+from sparkler.config.mmds import MmdsConfig
 from sparkler.config.serial import SerialConfig, TokenBucketConfig
 from sparkler.config.vm import VmStateUpdate
 
@@ -35,6 +36,7 @@ MODELS = {
     "CpuidRegisterModifier": CpuidRegisterModifier,
     "MsrModifier": MsrModifier,
     "Vm": VmStateUpdate,
+    "MmdsConfig": MmdsConfig,
     "InstanceActionInfo": InstanceActionInfo,
 }
 

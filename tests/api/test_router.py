@@ -291,8 +291,6 @@ def test_route_unknown_method_is_invalid(method):
         ("PUT", "/entropy", {}),
         ("PUT", "/balloon", {"amount_mib": 0, "deflate_on_oom": True}),
         ("PATCH", "/balloon/statistics", {"stats_polling_interval_s": 1}),
-        ("PUT", "/mmds", {"a": 1}),
-        ("PUT", "/mmds/config", {"network_interfaces": ["eth0"]}),
         ("PUT", "/snapshot/create", {"snapshot_path": "a", "mem_file_path": "b"}),
         ("PUT", "/snapshot/load", {"snapshot_path": "a"}),
         ("PUT", "/hotplug/memory", {"total_size_mib": 1024}),
@@ -304,7 +302,7 @@ def test_route_device_endpoint_not_supported_yet(method, path, doc):
     assert "not supported by this version of Sparkler yet" in text
 
 
-@pytest.mark.parametrize("path", ["/balloon", "/mmds", "/hotplug/memory", "/balloon/statistics"])
+@pytest.mark.parametrize("path", ["/balloon", "/hotplug/memory", "/balloon/statistics"])
 def test_route_device_get_not_supported_yet(path):
     assert "not supported by this version of Sparkler yet" in fault_text(route("GET", path, b""))
 
@@ -399,3 +397,45 @@ def test_route_patch_drive_decodes_the_body():
     text = fault_text(patch("/drives/one", {"drive_id": "two", "path_on_host": "/x"}))
     assert text == "The id from the path does not match the id from the body!"
     assert "is_root_device" in fault_text(patch("/drives/r", {"drive_id": "r", "is_root_device": True}))
+
+
+# --- MMDS -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("body, value", [(b'{"a": {"b": [1, null]}}', {"a": {"b": [1, None]}}), (b"5", 5), (b'"s"', "s")])
+def test_route_put_mmds_takes_any_json_value(body, value):
+    assert route("PUT", "/mmds", body) == A.PutMmds(value)
+
+
+def test_route_patch_mmds_ignores_the_path_suffix():
+    assert route("PATCH", "/mmds/config", b'{"k": null}') == A.PatchMmds({"k": None})
+
+
+def test_route_get_mmds():
+    assert route("GET", "/mmds", b"") == A.GetMmds()
+    assert fault_text(route("GET", "/mmds/x", b"")) == "Unrecognized GET request path `x`."
+
+
+def test_route_put_mmds_bad_json_is_deserialization_fault():
+    assert fault_text(route("PUT", "/mmds", b"{nope")).startswith(
+        "An error occurred when deserializing the json body of a request: "
+    )
+
+
+def test_route_put_mmds_unknown_suffix_is_refused():
+    assert fault_text(route("PUT", "/mmds/other", b"{}")) == "Unrecognized PUT request path `other`."
+
+
+def test_route_put_mmds_without_body_is_empty_put():
+    assert fault_text(route("PUT", "/mmds", b"")) == "Empty PUT request."
+
+
+def test_route_put_mmds_config_v1_default_is_deprecated():
+    action = route("PUT", "/mmds/config", b'{"network_interfaces": ["eth0"]}')
+    assert isinstance(action, A.PutMmdsConfig)
+    assert action.config.version == "V1" and action.deprecation is not None
+    v2 = route("PUT", "/mmds/config", b'{"network_interfaces": ["eth0"], "version": "V2"}')
+    assert v2.deprecation is None
+
+
+def test_route_put_mmds_config_unknown_field_is_refused():
+    text = fault_text(route("PUT", "/mmds/config", b'{"network_interfaces": [], "ipv6": "x"}'))
+    assert "unknown field `ipv6`" in text
