@@ -23,7 +23,8 @@ Differences from Firecracker, on purpose:
   always Sparkler's own.
 
 Subcommands outside Firecracker's flag space: a first token ``guest`` runs
-``sparkler.guest.cli.main(rest)`` and ``demo`` runs ``sparkler.demo.main(rest)``. Firecracker has no
+``sparkler.guest.cli.main(rest)``, ``demo`` runs ``sparkler.demo.main(rest)`` and ``net`` runs
+``sparkler.hostnet.cli.main(rest)`` (taps, network namespaces, NAT). Firecracker has no
 positional arguments (it rejects any), so these names cannot clash with a Firecracker command line.
 
 After parsing: the logger is configured from the flags, the config file (if any) is read and
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
 SNAPSHOT_DATA_FORMAT_VERSION = "11.0.0"  # printed by --snapshot-version (catalog section 2.2)
 MAX_INSTANCE_ID_LEN = 64
 U64_MAX = 2**64 - 1
-SUBCOMMANDS = ("guest", "demo")
+SUBCOMMANDS = ("guest", "demo", "net")
 _LEVELS = ("off", "trace", "debug", "info", "warn", "warning", "error")
 
 
@@ -325,7 +326,7 @@ def formatted_help() -> str:
     width = max(len(usage) for usage, _ in rows)
     lines = ["optional arguments:"]
     lines += [f"  {usage.ljust(width)}  {text}" for usage, text in rows]
-    lines += ["", "Subcommands (Sparkler only): guest ..., demo ... (see `<subcommand> --help`)."]
+    lines += ["", "Subcommands (Sparkler only): guest ..., demo ..., net ... (see `<subcommand> --help`)."]
     return "\n".join(lines)
 
 
@@ -361,6 +362,10 @@ def _run_subcommand(command: str, argv: list[str]) -> int:
         from sparkler.guest import cli as guest_cli  # type: ignore[attr-defined]
 
         result = guest_cli.main(argv)
+    elif command == "net":
+        from sparkler.hostnet import cli as net_cli
+
+        result = net_cli.main(argv)
     else:
         from sparkler import demo  # type: ignore[attr-defined]
 

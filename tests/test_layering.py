@@ -25,6 +25,7 @@ LAYERS = {
     "cli": 5,
     "demo": 5,
     "guest": 5,
+    "hostnet": 5,
     "sdk": 5,
     "testing": 5,
     "__main__": 6,

@@ -1,0 +1,1 @@
+"""Host-side networking helpers (``sparkler net``): taps, network namespaces, NAT."""
