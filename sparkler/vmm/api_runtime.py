@@ -46,7 +46,10 @@ def run(options: RunOptions, config: VmmConfig | None) -> int:
         log.error(str(e))
         return EXIT_GENERIC
     try:
-        mmds = make_mmds(options, config)  # --metadata that does not fit the store: fail before serving
+        # Made now only when there is something to put in it (--metadata that does not fit the store
+        # fails before serving); otherwise the controller makes it on first use (start-up cost).
+        needed = options.metadata_json is not None or (config is not None and config.mmds_config is not None)
+        mmds = make_mmds(options, config) if needed else None
     except SparklerError as e:
         log.error(str(e))
         return EXIT_GENERIC
@@ -67,6 +70,7 @@ def run(options: RunOptions, config: VmmConfig | None) -> int:
         hooks=hooks,
         metrics_initialized=metrics_initialized,
         mmds=mmds,
+        mmds_size_limit=int(options.mmds_size_limit or 0),
     )
     if config is not None:
         result = controller.handle(actions.StartMicroVm())

@@ -111,6 +111,7 @@ class Controller:
         metrics_initialized: bool = False,
         vmm_version: str = A.FIRECRACKER_VERSION,
         mmds: Any = None,
+        mmds_size_limit: int | None = None,
     ) -> None:
         self.builder_fn = builder_fn
         self.build_options = build_options
@@ -128,6 +129,7 @@ class Controller:
         # The VM's MMDS (sparkler.mmds.imds.Mmds): data store, MMDS config, tokens. Made on first
         # use when the caller has none (its size limit then is the default); handed to the builder.
         self._mmds = mmds
+        self._mmds_size_limit = mmds_size_limit
         if self.config.mmds_config is not None:
             self.mmds.configure(self.config.mmds_config)
 
@@ -135,8 +137,10 @@ class Controller:
     def mmds(self) -> Any:
         if self._mmds is None:
             from sparkler.mmds.imds import Mmds
+            from sparkler.mmds.store import DEFAULT_SIZE_LIMIT
 
-            self._mmds = Mmds(instance_id=self.instance_id)
+            limit = DEFAULT_SIZE_LIMIT if self._mmds_size_limit is None else self._mmds_size_limit
+            self._mmds = Mmds(size_limit=limit, instance_id=self.instance_id)
         return self._mmds
 
     # --- entry points -------------------------------------------------------------------------
@@ -393,8 +397,8 @@ class Controller:
         if self.config.boot_source is None:
             raise A.StartMicrovmError(A.MISSING_KERNEL)
         options, serial_fd = self._options_with_serial()
-        if dataclasses.is_dataclass(options) and hasattr(options, "mmds"):
-            options = dataclasses.replace(options, mmds=self.mmds)  # type: ignore[arg-type]
+        if isinstance(options, msgspec.Struct) and hasattr(options, "mmds"):
+            options = msgspec.structs.replace(options, mmds=self.mmds)  # type: ignore[arg-type]
         try:
             machine = self.builder_fn(self.config, options)
         except (SparklerError, OSError, ValueError) as e:

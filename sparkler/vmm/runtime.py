@@ -7,7 +7,6 @@ on stdin. vCPU threads run the guest; they never wait on this loop.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -127,9 +126,11 @@ def run_from_config(config: VmmConfig, options: RunOptions) -> int:
     except SparklerError as e:
         log.error(str(e))
         return EXIT_GENERIC
+    import msgspec
+
     try:
         mmds = make_mmds(options, config)
-        machine = build_microvm(config, dataclasses.replace(build_options(options), mmds=mmds))
+        machine = build_microvm(config, msgspec.structs.replace(build_options(options), mmds=mmds))
     except SparklerError as e:
         log.error(f"Could not Start MicroVM from one single json: {e}")
         return EXIT_GENERIC
