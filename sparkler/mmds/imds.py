@@ -112,11 +112,22 @@ def sanitize_path(path: str) -> str:
 
 @dataclass
 class MmdsStatistics:
-    """Counters named after Firecracker's ``mmds`` metrics group."""
+    """Counters of Firecracker's ``mmds`` metrics group, for every interface of the VM together
+    (the network stacks count frames and connections here, ``respond`` counts tokens)."""
 
-    rx_no_token: int = 0
+    rx_accepted: int = 0  # frames for the MMDS (ARP or IPv4 to its address)
+    rx_accepted_err: int = 0  # TCP segments refused (answered with RST)
+    rx_accepted_unusual: int = 0  # IPv4 but not TCP, fragments, ARP other than requests
+    rx_bad_eth: int = 0  # malformed ARP/IPv4/TCP headers
     rx_invalid_token: int = 0
-    rx_count: int = 0
+    rx_no_token: int = 0
+    rx_count: int = 0  # TCP segments handed to the TCP endpoint
+    tx_bytes: int = 0
+    tx_count: int = 0
+    tx_errors: int = 0
+    tx_frames: int = 0
+    connections_created: int = 0
+    connections_destroyed: int = 0
 
 
 @dataclass
@@ -143,8 +154,11 @@ class Mmds:
         self.tokens.set_aad(self.instance_id)
 
     # --- guest side -------------------------------------------------------------------------
+    def statistics(self) -> dict[str, int]:
+        """Cumulative counters (the metrics ``mmds`` group)."""
+        return dict(vars(self.stats))
+
     def respond(self, request: GuestRequest) -> GuestResponse:
-        self.stats.rx_count += 1
         path = request_path(request.target)
         if not path:
             return _text(400, INVALID_URI)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from sparkler.mmds import pdu
 from sparkler.mmds.imds import Mmds
@@ -36,14 +35,6 @@ DEFAULT_MAC = bytes.fromhex("060123456701")
 DEFAULT_IPV4 = "169.254.169.254"
 MMDS_PORT = 80
 _TCP_FRAME_OVERHEAD = pdu.ETH_HLEN + pdu.IPV4_HLEN + pdu.TCP_HLEN + 4  # room for the MSS option
-
-
-@dataclass
-class StackStatistics:
-    rx_frames: int = 0
-    rx_bad: int = 0
-    rx_unusual: int = 0
-    tx_frames: int = 0
 
 
 class MmdsNetworkStack:
@@ -67,7 +58,8 @@ class MmdsNetworkStack:
         )
         self._arp_reply: bytes | None = None
         self._ident = 0
-        self.stats = StackStatistics()
+        self.stats = mmds.stats  # shared by every interface's stack
+        self._connections_seen = (0, 0)
 
     # --- guest -> MMDS ------------------------------------------------------------------------
     def detour_frame(self, frame: bytes | memoryview) -> bool:
@@ -79,14 +71,15 @@ class MmdsNetworkStack:
         if eth.ethertype == pdu.ETHERTYPE_ARP:
             if pdu.arp_target(eth.payload) != self.ipv4:
                 return False
-            self.stats.rx_frames += 1
+            self.stats.rx_accepted += 1
             self._arp(eth)
             return True
         if eth.ethertype == pdu.ETHERTYPE_IPV4:
             if pdu.ipv4_destination(eth.payload) != self.ipv4:
                 return False
-            self.stats.rx_frames += 1
+            self.stats.rx_accepted += 1
             self._ipv4(eth)
+            self._count_connections()
             return True
         return False
 
@@ -94,10 +87,10 @@ class MmdsNetworkStack:
         try:
             arp = pdu.parse_arp(eth.payload)
         except pdu.PduError:
-            self.stats.rx_bad += 1
+            self.stats.rx_bad_eth += 1
             return
         if arp.oper != pdu.ARP_REQUEST:
-            self.stats.rx_unusual += 1
+            self.stats.rx_accepted_unusual += 1
             return
         self._arp_reply = pdu.arp_reply_frame(self.mac, self.ipv4, arp.sha, arp.spa)
 
@@ -105,13 +98,23 @@ class MmdsNetworkStack:
         try:
             ip = pdu.parse_ipv4(eth.payload)
             if ip.protocol != pdu.PROTO_TCP or ip.fragmented:
-                self.stats.rx_unusual += 1
+                self.stats.rx_accepted_unusual += 1
                 return
             segment = pdu.parse_tcp(ip.payload)
         except pdu.PduError:
-            self.stats.rx_bad += 1
+            self.stats.rx_bad_eth += 1
             return
+        self.stats.rx_count += 1
+        resets = len(self.tcp.resets)
         self.tcp.receive(eth.src, ip.src, segment)
+        if len(self.tcp.resets) > resets:
+            self.stats.rx_accepted_err += 1
+
+    def _count_connections(self) -> None:
+        created, destroyed = self.tcp.connections_created, self.tcp.connections_destroyed
+        self.stats.connections_created += created - self._connections_seen[0]
+        self.stats.connections_destroyed += destroyed - self._connections_seen[1]
+        self._connections_seen = (created, destroyed)
 
     # --- MMDS -> guest ------------------------------------------------------------------------
     def has_pending(self) -> bool:
@@ -133,12 +136,15 @@ class MmdsNetworkStack:
             return None
         self._ident = (self._ident + 1) & 0xFFFF
         frame = pdu.tcp_frame(self.mac, out.mac, self.ipv4, out.ip, out.header, out.payload, self._ident)
+        self._count_connections()
         return self._emit(buf, frame)
 
     def _emit(self, buf: memoryview, frame: bytes) -> int:
         buf[: len(frame)] = frame
         self.stats.tx_frames += 1
+        self.stats.tx_count += 1
+        self.stats.tx_bytes += len(frame)
         return len(frame)
 
 
-__all__ = ["DEFAULT_IPV4", "DEFAULT_MAC", "MMDS_PORT", "MmdsNetworkStack", "StackStatistics"]
+__all__ = ["DEFAULT_IPV4", "DEFAULT_MAC", "MMDS_PORT", "MmdsNetworkStack"]

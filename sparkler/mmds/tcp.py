@@ -135,6 +135,12 @@ class TcpHandler:
         self.random_seq = random_seq
         self.connections: dict[tuple[bytes, int], Connection] = {}
         self.resets: collections.deque[Outgoing] = collections.deque()
+        self.connections_created = 0
+        self.connections_destroyed = 0
+
+    def _drop(self, key: tuple[bytes, int]) -> None:
+        del self.connections[key]
+        self.connections_destroyed += 1
 
     # --- input --------------------------------------------------------------------------------
     def receive(self, mac: bytes, ip: bytes, seg: Tcp) -> None:
@@ -151,7 +157,7 @@ class TcpHandler:
         conn.last_activity = now
         if seg.flags & RST:
             if 0 <= seq_diff(seg.seq, conn.rcv_nxt) <= RECEIVE_BUFFER:
-                del self.connections[key]
+                self._drop(key)
             return
         if seg.flags & SYN:
             if conn.state is ConnState.SYN_RECEIVED and seg.seq == (conn.rcv_nxt - 1) % _MOD:
@@ -159,7 +165,7 @@ class TcpHandler:
                 conn.snd_nxt = conn.iss
             else:
                 self._reset_for(mac, ip, seg)
-                del self.connections[key]
+                self._drop(key)
             return
         if not seg.flags & ACK:
             return
@@ -169,7 +175,7 @@ class TcpHandler:
         self._process_data(conn, seg)
         self._pump(conn)
         if conn.done and not conn.ack_due:
-            del self.connections[key]
+            self._drop(key)
 
     def _no_connection(self, mac: bytes, ip: bytes, seg: Tcp, now: float) -> None:
         if seg.flags & RST:
@@ -180,6 +186,7 @@ class TcpHandler:
         if len(self.connections) >= self.max_connections and not self._evict(now):
             self._reset_for(mac, ip, seg)
             return
+        self.connections_created += 1
         self.connections[(ip, seg.src_port)] = Connection(
             mac=mac,
             ip=ip,
@@ -195,7 +202,7 @@ class TcpHandler:
     def _evict(self, now: float) -> bool:
         for key, conn in self.connections.items():
             if now - conn.last_activity >= EVICTION_SECONDS:
-                del self.connections[key]
+                self._drop(key)
                 return True
         return False
 
@@ -204,7 +211,7 @@ class TcpHandler:
         if conn.state is ConnState.SYN_RECEIVED:
             if seg.ack != (conn.iss + 1) % _MOD:
                 self._reset_for(conn.mac, conn.ip, seg)
-                del self.connections[(conn.ip, conn.port)]
+                self._drop((conn.ip, conn.port))
                 return False
             conn.state = ConnState.ESTABLISHED
             conn.snd_una = seg.ack
@@ -286,7 +293,7 @@ class TcpHandler:
             if conn.in_flight > 0 and now - conn.last_send >= RTO_SECONDS:
                 conn.retransmissions += 1
                 if conn.retransmissions > MAX_RETRANSMISSIONS:
-                    del self.connections[key]
+                    self._drop(key)
                     header = TcpHeader(self.local_port, conn.port, conn.snd_nxt, 0, RST, 0)
                     if len(self.resets) < self.max_pending_resets:
                         self.resets.append(Outgoing(conn.mac, conn.ip, header))
@@ -322,7 +329,7 @@ class TcpHandler:
                 conn.last_send = now if conn.in_flight > 0 or out.header.flags & SYN else conn.last_send
                 conn.ack_due = False
                 if conn.done:
-                    del self.connections[key]
+                    self._drop(key)
                 return out
         return None
 

@@ -72,6 +72,7 @@ def run(options: RunOptions, config: VmmConfig | None) -> int:
         mmds=mmds,
         mmds_size_limit=int(options.mmds_size_limit or 0),
     )
+    METRICS.add_source("mmds", controller.mmds_statistics)
     if config is not None:
         result = controller.handle(actions.StartMicroVm())
         if isinstance(result, actions.VmmActionError):

@@ -143,6 +143,10 @@ class Controller:
             self._mmds = Mmds(size_limit=limit, instance_id=self.instance_id)
         return self._mmds
 
+    def mmds_statistics(self) -> dict[str, int]:
+        """The MMDS counters (metrics group ``mmds``); none while the MMDS was never used."""
+        return {} if self._mmds is None else self._mmds.statistics()
+
     # --- entry points -------------------------------------------------------------------------
     @property
     def booted(self) -> bool:

@@ -130,6 +130,9 @@ def run_from_config(config: VmmConfig, options: RunOptions) -> int:
 
     try:
         mmds = make_mmds(options, config)
+        from sparkler import metrics
+
+        metrics.METRICS.add_source("mmds", mmds.statistics)  # type: ignore[attr-defined]
         machine = build_microvm(config, msgspec.structs.replace(build_options(options), mmds=mmds))
     except SparklerError as e:
         log.error(f"Could not Start MicroVM from one single json: {e}")

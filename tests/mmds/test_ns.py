@@ -284,3 +284,18 @@ def test_ns_mutated_frames_never_raise_and_replies_are_well_formed(sequence):
         clock.now += 0.1
         _check_all_replies(stack)
     assert len(stack.tcp.connections) <= MAX_CONNECTIONS
+
+
+def test_ns_statistics_use_firecracker_metric_names_and_count():
+    from sparkler.metrics import GROUPS
+
+    stack, _ = make_stack()
+    guest = Guest(stack)
+    guest.send(b"GET /latest HTTP/1.1\r\nHost: x\r\n\r\n")
+    guest.send(b"", flags=ACK | FIN)
+    stack.detour_frame(arp_request(oper=2))
+    stats = stack.mmds.statistics()
+    assert set(stats) <= {key for key, _ in GROUPS["mmds"]}
+    assert stats["connections_created"] == 1 and stats["connections_destroyed"] == 1
+    assert stats["rx_accepted_unusual"] == 1 and stats["rx_no_token"] == 1
+    assert stats["tx_count"] == stats["tx_frames"] == 3 and stats["tx_bytes"] > 0  # SYN-ACK, answer, FIN
