@@ -476,6 +476,10 @@ def attach_machine(metrics: Metrics, machine: Any) -> None:
         group, device_id = getattr(device, "metrics_group", None), getattr(device, "metrics_id", None)
         if group in GROUPS and device_id and hasattr(device, "statistics"):
             metrics.add_device_source(group, device_id, statistics_source(device))
+    for group in ("balloon", "entropy"):  # one device each; machine.devices holds its transport
+        device = getattr(devices.get(group), "device", None)
+        if device is not None and hasattr(device, "statistics"):
+            metrics.add_source(group, statistics_source(device))
 
 
 # --- the periodic timer ------------------------------------------------------------------------------

@@ -61,6 +61,10 @@ def encode(data: A.VmmData) -> bytes | None:
             return msgspec.json.encode(vm_config_document(data.config))
         case A.MmdsData():
             return msgspec.json.encode(data.value, order="sorted")
+        case A.BalloonConfigData():
+            return msgspec.json.encode(data.config)
+        case A.BalloonStatsData():
+            return msgspec.json.encode(data.stats)
     raise TypeError(f"no body encoding for {type(data).__name__}")
 
 

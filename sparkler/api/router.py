@@ -268,6 +268,41 @@ def _get_mmds_other(rest: list[str], body: bytes) -> A.VmmAction:
     raise _Fault(f"Unrecognized GET request path `{rest[0]}`.")
 
 
+def parse_put_entropy(body: bytes) -> A.VmmAction:
+    from sparkler.config.entropy import EntropyConfig
+
+    return A.PutEntropy(_decode(body, EntropyConfig))
+
+
+def parse_put_balloon(body: bytes) -> A.VmmAction:
+    from sparkler.config.balloon import BalloonConfig
+
+    return A.PutBalloon(_decode(body, BalloonConfig))
+
+
+def parse_patch_balloon(body: bytes) -> A.VmmAction:
+    from sparkler.config.balloon import BalloonUpdate
+
+    return A.PatchBalloon(_decode(body, BalloonUpdate))
+
+
+def parse_patch_balloon_stats(body: bytes) -> A.VmmAction:
+    from sparkler.config.balloon import BalloonStatsUpdate
+
+    return A.PatchBalloonStats(_decode(body, BalloonStatsUpdate))
+
+
+def _balloon_other(method: str) -> Callable[[list[str], bytes], A.VmmAction]:
+    """/balloon paths the body/GET tables do not serve: hinting (not provided yet) or unknown."""
+
+    def parse(rest: list[str], body: bytes) -> A.VmmAction:
+        if rest and rest[0] == "hinting" and len(rest) == 2:
+            raise _not_supported("Free page hinting (/balloon/hinting)")
+        raise _invalid_path(method, "/" + "/".join(["balloon", *rest]))
+
+    return parse
+
+
 def _device(what: str) -> Callable[[list[str], bytes], A.VmmAction]:
     def parse(rest: list[str], body: bytes) -> A.VmmAction:
         raise _not_supported(what)
@@ -290,6 +325,10 @@ _BODY_ROUTES: dict[tuple[str, str, tuple[str, ...]], Callable[[bytes], A.VmmActi
     ("PUT", "mmds", ()): parse_put_mmds,
     ("PUT", "mmds", ("config",)): parse_put_mmds_config,
     ("PATCH", "mmds", ()): parse_patch_mmds,
+    ("PUT", "entropy", ()): parse_put_entropy,
+    ("PUT", "balloon", ()): parse_put_balloon,
+    ("PATCH", "balloon", ()): parse_patch_balloon,
+    ("PATCH", "balloon", ("statistics",)): parse_patch_balloon_stats,
 }
 
 _GET_ROUTES: dict[tuple[str, ...], A.VmmAction] = {
@@ -298,6 +337,8 @@ _GET_ROUTES: dict[tuple[str, ...], A.VmmAction] = {
     ("machine-config",): A.GetMachineConfig(),
     ("vm", "config"): A.GetVmConfig(),
     ("mmds",): A.GetMmds(),
+    ("balloon",): A.GetBalloon(),
+    ("balloon", "statistics"): A.GetBalloonStats(),
 }
 
 # Endpoints of features later issues provide: (method, first token) -> handler(rest, body).
@@ -318,10 +359,9 @@ _DEVICE_ROUTES: dict[tuple[str, str], Callable[[list[str], bytes], A.VmmAction]]
     ("PATCH", "pmem"): _device_with_id("Pmem devices (PATCH /pmem)", "id", True),
     ("DELETE", "pmem"): _device_with_id("Pmem hot-unplug (DELETE /pmem)", "id", False),
     ("PUT", "vsock"): _device("The vsock device (PUT /vsock)"),
-    ("PUT", "entropy"): _device("The entropy device (PUT /entropy)"),
-    ("PUT", "balloon"): _device("The balloon device (PUT /balloon)"),
-    ("PATCH", "balloon"): _device("The balloon device (PATCH /balloon)"),
-    ("GET", "balloon"): _device("The balloon device (GET /balloon)"),
+    ("PUT", "balloon"): _balloon_other("PUT"),
+    ("PATCH", "balloon"): _balloon_other("PATCH"),
+    ("GET", "balloon"): _balloon_other("GET"),
     ("PUT", "mmds"): _mmds_other,
     ("PATCH", "mmds"): _patch_mmds_any,
     ("GET", "mmds"): _get_mmds_other,

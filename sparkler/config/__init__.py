@@ -11,8 +11,10 @@ from typing import Any
 
 import msgspec
 
+from sparkler.config.balloon import BalloonConfig
 from sparkler.config.boot_source import BootSourceConfig
 from sparkler.config.drive import DriveConfig, ordered_drives
+from sparkler.config.entropy import EntropyConfig
 from sparkler.config.logger import LoggerConfig
 from sparkler.config.machine import MachineConfig
 from sparkler.config.metrics import MetricsConfig
@@ -24,8 +26,6 @@ from sparkler.errors import ConfigError
 NOT_YET_SUPPORTED = (
     "network-interfaces",
     "vsock",
-    "balloon",
-    "entropy",
     "pmem",
     "memory-hotplug",
     "cpu-config",
@@ -40,9 +40,9 @@ class VmmConfig(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
     drives: list[DriveConfig] | None = None
     network_interfaces: list[Any] | None = None
     vsock: dict[str, Any] | None = None
-    balloon: dict[str, Any] | None = None
+    balloon: BalloonConfig | None = None
     mmds_config: MmdsConfig | None = None
-    entropy: dict[str, Any] | None = None
+    entropy: EntropyConfig | None = None
     pmem: list[Any] | None = None
     memory_hotplug: dict[str, Any] | None = None
     cpu_config: dict[str, Any] | str | None = None
@@ -52,6 +52,8 @@ class VmmConfig(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
         if self.machine_config is not None:
             self.machine_config.validate()
         ordered_drives(self.drives)  # each drive valid, at most one root device
+        if self.balloon is not None:
+            self.balloon.validate(self.machine.mem_size_mib)
         for section in NOT_YET_SUPPORTED:
             if getattr(self, section.replace("-", "_")):
                 raise ConfigError(f"The '{section}' section is not supported by this version of Sparkler yet.")

@@ -32,6 +32,10 @@ Command-line keys understood by the guest (``probe.<key>=<value>``; numbers are 
 ``user=0``         do not use the CPL3 trampoline (bulk loops then run emulated at CPL0)
 ``fault=K``        deliberately raise ud|pf|gp|de|user_ud after the checks
 ``hang=1``         never exit (tests the harness watchdog)
+``rng=N``          virtio-rng driver: ``rng_count`` requests of N bytes (rng.c)
+``balloon=M``      virtio-balloon driver: touch M MiB, follow num_pages, post stats; ``balloon_bad=1``
+                   sends malformed requests instead (balloon.c)
+``kbd=irq|noirq``  wait for SendCtrlAltDel on the i8042, with or without IRQ 1 enabled (kbd.c)
 =================  ========================================================================
 
 Builds are cached by a hash of the sources, the compiler identity and the flags under

@@ -17,9 +17,11 @@ from sparkler.errors import SparklerError
 
 if TYPE_CHECKING:
     from sparkler.config import VmmConfig
+    from sparkler.config.balloon import BalloonConfig, BalloonStatsUpdate, BalloonUpdate
     from sparkler.config.boot_source import BootSourceConfig
     from sparkler.config.cpu_config import CpuConfig
     from sparkler.config.drive import DriveConfig, DriveUpdate
+    from sparkler.config.entropy import EntropyConfig
     from sparkler.config.logger import LoggerConfig
     from sparkler.config.machine import MachineConfig, MachineConfigUpdate
     from sparkler.config.metrics import MetricsConfig
@@ -130,6 +132,38 @@ class PutMmdsConfig(msgspec.Struct, frozen=True):
     deprecation: str | None = None
 
 
+class PutEntropy(msgspec.Struct, frozen=True):
+    """PUT /entropy (pre-boot): the virtio-rng device and its optional rate limiter."""
+
+    config: EntropyConfig
+
+
+class PutBalloon(msgspec.Struct, frozen=True):
+    """PUT /balloon (pre-boot): create or replace the balloon device."""
+
+    config: BalloonConfig
+
+
+class PatchBalloon(msgspec.Struct, frozen=True):
+    """PATCH /balloon (post-boot): a new target size."""
+
+    update: BalloonUpdate
+
+
+class GetBalloon(msgspec.Struct, frozen=True):
+    """GET /balloon (pre- and post-boot)."""
+
+
+class GetBalloonStats(msgspec.Struct, frozen=True):
+    """GET /balloon/statistics (post-boot)."""
+
+
+class PatchBalloonStats(msgspec.Struct, frozen=True):
+    """PATCH /balloon/statistics (post-boot): a new polling interval."""
+
+    update: BalloonStatsUpdate
+
+
 VmmAction = (
     GetInstanceInfo
     | GetVersion
@@ -152,6 +186,12 @@ VmmAction = (
     | PutMmds
     | PatchMmds
     | PutMmdsConfig
+    | PutEntropy
+    | PutBalloon
+    | PatchBalloon
+    | GetBalloon
+    | GetBalloonStats
+    | PatchBalloonStats
 )
 ACTION_TYPES = VmmAction.__args__  # type: ignore[attr-defined]
 
@@ -188,7 +228,21 @@ class MmdsData(msgspec.Struct, frozen=True):
     value: Any
 
 
-VmmData = Empty | InstanceInfoData | VersionData | MachineConfigData | VmConfigData | MmdsData
+class BalloonConfigData(msgspec.Struct, frozen=True):
+    """GET /balloon: the balloon's configuration (``amount_mib`` is the current target)."""
+
+    config: BalloonConfig
+
+
+class BalloonStatsData(msgspec.Struct, frozen=True):
+    """GET /balloon/statistics: target/actual pages and MiB plus what the guest reported."""
+
+    stats: dict[str, int]
+
+
+VmmData = (
+    Empty | InstanceInfoData | VersionData | MachineConfigData | VmConfigData | MmdsData | BalloonConfigData | BalloonStatsData
+)
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -222,6 +276,14 @@ class DriveConfigError(VmmActionError):
     def __init__(self, detail: str) -> None:
         self.detail = detail
         Exception.__init__(self, detail)
+
+
+class BalloonConfigError(VmmActionError):
+    category = "Balloon config error"
+
+
+class EntropyConfigError(VmmActionError):
+    category = "Entropy device error"
 
 
 class LoggerError(VmmActionError):

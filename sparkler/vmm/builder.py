@@ -236,8 +236,42 @@ def virtio_specs(config: VmmConfig, options: BuildOptions) -> list[VirtioSpec]:
     """Every configured virtio device in Firecracker's attach order (catalog 4.5), which fixes
     each one's MMIO address and GSI: balloon, block (root first), net, vsock, entropy."""
     specs: list[VirtioSpec] = []
+    specs += _balloon_specs(config)
     specs += _block_specs(config)
+    specs += _entropy_specs(config)
     return specs
+
+
+def _balloon_specs(config: VmmConfig) -> list[VirtioSpec]:
+    balloon = config.balloon
+    if balloon is None:
+        return []
+
+    def create() -> Any:
+        from sparkler.devices.virtio.balloon.device import BalloonDevice
+
+        return BalloonDevice(
+            balloon.amount_mib,
+            deflate_on_oom=balloon.deflate_on_oom,
+            stats_polling_interval_s=balloon.stats_polling_interval_s,
+            free_page_reporting=balloon.free_page_reporting,
+        )
+
+    return [VirtioSpec("balloon", create)]
+
+
+def _entropy_specs(config: VmmConfig) -> list[VirtioSpec]:
+    entropy = config.entropy
+    if entropy is None:
+        return []
+
+    def create() -> Any:
+        from sparkler.config.rate_limiter import build_rate_limiter
+        from sparkler.devices.virtio.rng.device import EntropyDevice
+
+        return EntropyDevice(build_rate_limiter(entropy.rate_limiter))
+
+    return [VirtioSpec("entropy", create)]
 
 
 def _block_specs(config: VmmConfig) -> list[VirtioSpec]:

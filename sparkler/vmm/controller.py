@@ -183,6 +183,16 @@ class Controller:
                 return A.MachineConfigData(self.config.machine)
             case A.GetVmConfig():
                 return A.VmConfigData(self.config)
+            case A.GetBalloon():
+                return self._get_balloon()
+            case A.GetBalloonStats() | A.PatchBalloon() | A.PatchBalloonStats() if not booted:
+                raise A.OperationNotSupportedPreBoot()
+            case A.GetBalloonStats():
+                return self._get_balloon_stats()
+            case A.PatchBalloon(update=update):
+                return self._patch_balloon(update.amount_mib)
+            case A.PatchBalloonStats(update=update):
+                return self._patch_balloon_stats(update.stats_polling_interval_s)
             case A.StartMicroVm() if not booted:
                 return self._start()
             case A.SendCtrlAltDel() | A.FlushMetrics() | A.PatchVmState() if not booted:
@@ -225,6 +235,10 @@ class Controller:
                 return self._put_drive(drive)
             case A.PutMmdsConfig(config=mmds_config):
                 return self._put_mmds_config(mmds_config)
+            case A.PutEntropy(config=entropy):
+                return self._swap(entropy=entropy)
+            case A.PutBalloon(config=balloon):
+                return self._put_balloon(balloon)
         raise A.InternalVmmError(f"unknown action {type(action).__name__}")
 
     # --- MMDS ---------------------------------------------------------------------------------
@@ -320,6 +334,68 @@ class Controller:
         drives = [current if d.drive_id == current.drive_id else d for d in self.config.drives or []]
         return self._swap(drives=drives)
 
+    # --- balloon ------------------------------------------------------------------------------
+    def _put_balloon(self, balloon: Any) -> A.VmmData:
+        try:
+            balloon.validate(self.config.machine.mem_size_mib)
+        except ConfigError as e:
+            raise A.BalloonConfigError(str(e)) from None
+        return self._swap(balloon=balloon)
+
+    def _balloon_device(self) -> Any:
+        from sparkler.config.balloon import NO_DEVICE
+
+        transport = (getattr(self.machine, "devices", None) or {}).get("balloon")
+        if transport is None or self.config.balloon is None:
+            raise A.BalloonConfigError(NO_DEVICE)
+        return transport.device
+
+    def _get_balloon(self) -> A.VmmData:
+        from sparkler.config.balloon import NO_DEVICE
+
+        if self.config.balloon is None:
+            raise A.BalloonConfigError(NO_DEVICE)
+        if self.machine is None:
+            return A.BalloonConfigData(self.config.balloon)
+        device = self._balloon_device()
+        current = msgspec.structs.replace(
+            self.config.balloon,
+            amount_mib=device.target_mib,
+            stats_polling_interval_s=device.stats_polling_interval_s,
+        )
+        return A.BalloonConfigData(current)
+
+    def _get_balloon_stats(self) -> A.VmmData:
+        from sparkler.config.balloon import STATS_DISABLED
+
+        device = self._balloon_device()
+        if not device.stats_enabled:
+            raise A.BalloonConfigError(STATS_DISABLED)
+        return A.BalloonStatsData(device.balloon_stats())
+
+    def _patch_balloon(self, amount_mib: int) -> A.VmmData:
+        from sparkler.config.balloon import PAGES_PER_MIB, TOO_LARGE
+
+        device = self._balloon_device()
+        if amount_mib > self.config.machine.mem_size_mib:
+            raise A.BalloonConfigError(TOO_LARGE)
+        device.set_target(amount_mib * PAGES_PER_MIB)
+        return self._swap(balloon=msgspec.structs.replace(self.config.balloon, amount_mib=amount_mib))
+
+    def _patch_balloon_stats(self, interval_s: int) -> A.VmmData:
+        from sparkler.config.balloon import STATS_DISABLED, check_stats_update
+
+        device = self._balloon_device()
+        if not device.stats_enabled:
+            raise A.BalloonConfigError(STATS_DISABLED)
+        try:
+            check_stats_update(device.stats_polling_interval_s, interval_s)
+        except ConfigError as e:
+            raise A.BalloonConfigError(str(e)) from None
+        device.set_stats_interval(interval_s)
+        balloon = msgspec.structs.replace(self.config.balloon, stats_polling_interval_s=interval_s)
+        return self._swap(balloon=balloon)
+
     def _put_boot_source(self, boot_source: Any) -> A.VmmData:
         try:
             boot_source.validate()
@@ -358,6 +434,10 @@ class Controller:
             new.validate()
         except ConfigError as e:
             raise A.MachineConfigError(str(e)) from None
+        if self.config.balloon is not None and self.config.balloon.amount_mib > new.mem_size_mib:
+            from sparkler.config.balloon import MEM_SMALLER_THAN_BALLOON
+
+            raise A.MachineConfigError(MEM_SMALLER_THAN_BALLOON)
         return self._swap(machine_config=new, **extra)
 
     def _put_cpu_config(self, cpu_config: Any) -> A.VmmData:

@@ -72,6 +72,11 @@ class DeviceHost:
 
         return run
 
+    def rearm(self) -> None:
+        """Re-arm the device's timer now, after a change made outside its own callbacks (an API
+        request served on the VMM thread, e.g. a new balloon statistics interval)."""
+        self._after()
+
     def add_fd(self, fd: int, callback: Callback, events: int = READ) -> None:
         self._loop.add(fd, self._wrap(callback), events)
 

@@ -9,12 +9,15 @@ import pytest
 from sparkler.api import router
 from sparkler.api.faults import ApiFault
 from sparkler.config.actions import InstanceActionInfo
+from sparkler.config.balloon import BalloonConfig, BalloonStatsUpdate, BalloonUpdate
 from sparkler.config.boot_source import BootSourceConfig
 from sparkler.config.cpu_config import CpuConfig, CpuidLeafModifier, CpuidRegisterModifier, MsrModifier
+from sparkler.config.entropy import EntropyConfig
 from sparkler.config.logger import LoggerConfig
 from sparkler.config.machine import MachineConfig
 from sparkler.config.metrics import MetricsConfig
 from sparkler.config.mmds import MmdsConfig
+from sparkler.config.rate_limiter import RateLimiterConfig
 from sparkler.config.serial import SerialConfig, TokenBucketConfig
 from sparkler.config.vm import VmStateUpdate
 
@@ -38,6 +41,11 @@ MODELS = {
     "Vm": VmStateUpdate,
     "MmdsConfig": MmdsConfig,
     "InstanceActionInfo": InstanceActionInfo,
+    "Balloon": BalloonConfig,
+    "BalloonUpdate": BalloonUpdate,
+    "BalloonStatsUpdate": BalloonStatsUpdate,
+    "EntropyDevice": EntropyConfig,
+    "RateLimiter": RateLimiterConfig,
 }
 
 

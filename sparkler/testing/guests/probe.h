@@ -114,6 +114,8 @@ int cmd_is(const char *key, const char *value);
 int is_mapped(u64 addr, u64 size);
 int e820_ram_contains(u64 addr, u64 size);
 void lapic_write(u32 reg, u32 v);
+extern volatile u32 irq_expect_vector; /* set by a test that enables an interrupt (exc_handler counts it) */
+extern volatile u32 irq_hits;
 u32 lapic_read(u32 reg);
 #define LAPIC_TICKS_PER_MS 62500u
 u32 clock_now(void);            /* LAPIC ticks (16 ns) */

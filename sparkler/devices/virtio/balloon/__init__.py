@@ -1,0 +1,1 @@
+"""virtio-balloon: inflate/deflate, statistics and free page reporting queues (device.py)."""
