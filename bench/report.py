@@ -14,6 +14,7 @@ VMM keys are ``"Sparkler"`` and ``"QEMU"``, QEMU's may be absent)::
     exits       {"exits_per_run": N, VMM: {"pio_us": [..], "mmio_us": [..]}}
     vms_per_s   {"window_s": s, VMM: {"boots": n, "seconds": s, "per_s": x, "boot_ms": [..]}}
     api_latency {"requests": n, "rows": [{"endpoint", "median_us", "p99_us", "mean_us", "min_us"}]}
+    jailer_startup {"runs": n, "rows": [{"variant", "median_ms", "min_ms", "max_ms", "cpu_ms"}]}
 """
 
 from __future__ import annotations
@@ -165,6 +166,11 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str] | None = None
         meds = [r["median_us"] for r in lat["rows"]]
         rows.append(["API request round trip (median over endpoints)", f"**{statistics.median(meds):.0f}** µs",
                      "n/a (no API)", "—"])
+    js = results.get("jailer_startup")
+    if not _err(js) and js.get("rows"):
+        j0 = js["rows"][0]
+        rows.append(["Jailer start → API socket ready in the jail", f"**{j0['median_ms']:.1f}** ms", "n/a (no jailer)",
+                     "—"])
     L += _table(["Metric", "Sparkler", "QEMU microvm", "Sparkler ÷ QEMU"], rows)
     L += ["", "Times and memory: a ratio above 1 means Sparkler is slower or larger. Rates: above 1 means "
           "Sparkler is faster.", ""]
@@ -286,6 +292,21 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str] | None = None
         L.append("")
         if "api_latency" in plots:
             L += [f"![API latency]({plots['api_latency']})", ""]
+
+    # 7. jailer start-up
+    L += ["## 7. Jailer start → API socket ready in the jail (Sparkler only)", ""]
+    if (e := _err(js)) is not None:
+        L += [f"Not measured: {e}", ""]
+    else:
+        L += [f"From `bench/jailer_startup.py` ({js.get('runs', '?')} runs, as root): wall time from the jailer's "
+              "`Popen` to a successful `connect()` to `<root>/run/firecracker.socket`, and the VMM's CPU time then "
+              "(the jailer execs into the VMM, so its own work is included). The exec file is a Python script, so "
+              "the jailer binds the interpreter, the venv, the package and `/usr` into the jail. The second row "
+              "forwards `--no-seccomp`: the difference is what compiling and installing the filters costs.", ""]
+        L += _table(["Variant", "Median ms", "Min ms", "Max ms", "CPU ms (median)"],
+                    [[f"`{r['variant']}`", f"**{r['median_ms']:.1f}**", f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}",
+                      f"{r['cpu_ms']:.1f}"] for r in js.get("rows", [])])
+        L.append("")
 
     L += ["## Pending", ""]
     L += _table(["Benchmark", "Status"], [[a, b] for a, b in PENDING], numeric=False)

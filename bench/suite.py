@@ -27,9 +27,12 @@ from guest.build import build  # noqa: E402
 from report import write_report  # noqa: E402
 
 PROFILES = {
-    #          boot runs, exit runs, exits/run, memory runs, VMs/s window s, api start-up runs, api requests
-    "full": dict(boot_runs=31, exit_runs=11, exits=20000, mem_runs=7, vms_window_s=10.0, startup_runs=20, requests=1000),
-    "quick": dict(boot_runs=7, exit_runs=5, exits=10000, mem_runs=2, vms_window_s=2.5, startup_runs=3, requests=100),
+    #          boot runs, exit runs, exits/run, memory runs, VMs/s window s, api start-up runs, api requests,
+    #          jailer start-up runs
+    "full": dict(boot_runs=31, exit_runs=11, exits=20000, mem_runs=7, vms_window_s=10.0, startup_runs=20, requests=1000,
+                 jailer_runs=10),
+    "quick": dict(boot_runs=7, exit_runs=5, exits=10000, mem_runs=2, vms_window_s=2.5, startup_runs=3, requests=100,
+                  jailer_runs=3),
 }
 
 _ROW = re.compile(r"^(?P<label>\S.*?)\s+(?P<a>[\d.]+)\s+(?P<b>[\d.]+)\s+(?P<c>[\d.]+)\s+(?P<d>[\d.]+)(?:\s+.*)?$")
@@ -74,6 +77,16 @@ def api_latency(requests: int) -> dict[str, Any]:
     if not rows:
         raise RuntimeError(f"could not parse bench/api_latency.py output: {out[-400:]!r}")
     return {"requests": requests, "rows": rows}
+
+
+def jailer_startup(runs: int) -> dict[str, Any]:
+    """bench/jailer_startup.py (needs root): jailer start -> API socket ready in the jail."""
+    out = _run_script("jailer_startup.py", ["--runs", str(runs)])
+    rows = [{"variant": label, "median_ms": v[0], "min_ms": v[1], "max_ms": v[2], "cpu_ms": v[3]}
+            for label, v in parse_table(out)]
+    if not rows:
+        raise RuntimeError(f"could not parse bench/jailer_startup.py output: {out[-400:]!r}")
+    return {"runs": runs, "rows": rows}
 
 
 def host_info() -> dict[str, Any]:
@@ -148,6 +161,7 @@ def run(mode: str, out_dir: pathlib.Path) -> pathlib.Path:
         _section(results, "vms_per_s", "VMs per second",
                  lambda: {"window_s": p["vms_window_s"], **measure.vms_per_second(vmms, p["vms_window_s"])})
         _section(results, "api_latency", "API latency", lambda: api_latency(p["requests"]))
+        _section(results, "jailer_startup", "jailer start -> API ready", lambda: jailer_startup(p["jailer_runs"]))
     results["meta"]["host"]["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     results["meta"]["duration_s"] = time.perf_counter() - started
     return write_report(results, out_dir)

@@ -83,7 +83,9 @@ class Logger:
     """A thread-safe Firecracker-format line logger writing to one fd."""
 
     def __init__(self, fd: int = STDOUT_FD) -> None:
-        self._lock = threading.Lock()
+        # Re-entrant: a fatal-signal handler (sparkler.host.signals) runs on the main thread between
+        # two bytecodes, possibly while that thread is inside _write, and logs its own lines.
+        self._lock = threading.RLock()
         self._fd = fd
         self._owns_fd = False
         self._path: str | None = None

@@ -13,6 +13,7 @@ LAYERS = {
     "logger": 0,
     "metrics": 0,
     "host": 0,
+    "seccomp": 0,
     "kvm": 1,
     "memory": 1,
     "ratelimit": 1,

@@ -123,10 +123,14 @@ class ApiServer:
         log: Callable[[str], None] | None = None,
         on_request: Callable[[str, str, int, bool], None] | None = None,
         debug_log: Callable[[str], None] | None = None,
+        thread_init: Callable[[], None] | None = None,
     ) -> None:
         """``on_request(method, path, status, deprecated)`` is called once per answered request
         (the runtime counts API metrics with it). ``debug_log`` receives Firecracker's
-        ``Total previous API call duration: N us.`` line when the next request arrives."""
+        ``Total previous API call duration: N us.`` line when the next request arrives.
+        ``thread_init`` runs on ``fc_api`` after it named itself and before it accepts a connection
+        (the runtime installs the api seccomp filter there); if it raises, ``start`` raises that
+        error and nothing is served."""
         from sparkler.api import bodies, faults, router
         from sparkler.vmm import actions
 
@@ -147,23 +151,35 @@ class ApiServer:
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._clients: dict[int, _Client] = {}
         self._thread: threading.Thread | None = None
+        self._thread_init = thread_init
+        self._init_error: BaseException | None = None
         self._stopping = False
         self._closed = False
 
     # --- lifecycle ----------------------------------------------------------------------------
     def start(self) -> threading.Thread:
-        """Serve on a new daemon thread named ``fc_api``; returns once the thread is named."""
+        """Serve on a new daemon thread named ``fc_api``; returns once the thread is named and its
+        ``thread_init`` ran (re-raising what that raised)."""
         named = threading.Event()
         self._thread = threading.Thread(
             target=self._thread_main, args=(named,), name=THREAD_NAME, daemon=True
         )
         self._thread.start()
         named.wait(5)
+        if self._init_error is not None:
+            self._thread.join(5)
+            raise self._init_error
         return self._thread
 
     def _thread_main(self, named: threading.Event) -> None:
         try:
             set_thread_name(THREAD_NAME)
+            if self._thread_init is not None:
+                self._thread_init()
+        except BaseException as e:  # noqa: BLE001 - handed to start() on the creating thread
+            self._init_error = e
+            self._close_all()
+            return
         finally:
             named.set()
         self.serve_forever()

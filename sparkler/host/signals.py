@@ -21,7 +21,11 @@ Limitations of a Python VMM (documented on purpose):
 
 * Python's ``signal`` module runs handlers on the **main thread**, between bytecodes, and gives
   no ``siginfo_t``: the logged ``code`` is always 0 (``SI_USER``, right for ``kill(1)``), and the
-  SIGSYS line cannot name the offending syscall number.
+  SIGSYS handler cannot read the offending syscall number from it. Instead it asks
+  ``find_bad_syscall`` (the seccomp module's reader of the kernel audit record that every trapped
+  syscall leaves, see ``sparkler.seccomp.install``) and logs Firecracker's
+  ``Shutting down VM after intercepting a bad syscall (<nr>).`` plus the syscall's name and thread;
+  when the record cannot be read (no CAP_SYSLOG, inside a jail) it logs where to look instead.
 * SIGSEGV, SIGBUS and SIGILL raised by a real fault (a bad pointer in ctypes) cannot be handled in
   Python: the C-level handler only sets a flag and returns to the faulting instruction, which would
   fault again forever. So these three are installed with ``SA_RESETHAND`` (set through ``sigaction``
@@ -70,11 +74,14 @@ class SignalHandlers:
         log_error: Callable[[str], None],
         log_info: Callable[[str], None] | None = None,
         exit_fn: Callable[[int], Any] = os._exit,
+        find_bad_syscall: Callable[[], Any] | None = None,
     ) -> None:
         self.metrics = metrics
         self.log_error = log_error
         self.log_info = log_info or log_error
         self.exit_fn = exit_fn
+        # () -> an object with ``nr`` and ``describe()`` (sparkler.seccomp.install.find_bad_syscall), or None
+        self.find_bad_syscall = find_bad_syscall
 
     def on_fatal(self, signum: int, _frame: object = None) -> None:
         code, group, key = FATAL_SIGNALS[signum]
@@ -82,10 +89,27 @@ class SignalHandlers:
             self.metrics.store(group, key, 1)
             self.log_error(f"Shutting down VM after intercepting signal {signum}, code {SI_USER}.")
             if signum == signal.SIGSYS:
-                self.log_error("Shutting down VM after intercepting a bad syscall.")
+                self._log_bad_syscall()
             self.metrics.flush_for_signal()
         finally:
             self.exit_fn(code)
+
+    def _log_bad_syscall(self) -> None:
+        found = None
+        if self.find_bad_syscall is not None:
+            try:
+                found = self.find_bad_syscall()
+            except Exception:  # noqa: BLE001 - diagnostics only: the process exits either way
+                found = None
+        if found is not None:
+            self.log_error(f"Shutting down VM after intercepting a bad syscall ({found.nr}).")
+            self.log_error(f"The bad syscall was {found.describe()} (from the kernel audit log).")
+        else:
+            self.log_error("Shutting down VM after intercepting a bad syscall.")
+            self.log_error(
+                "The kernel audit log names it: dmesg | grep 'type=1326' (syscall=<nr>, comm=<thread>); "
+                "or rerun under strace -f."
+            )
 
     def on_sigpipe(self, signum: int, _frame: object = None) -> None:
         self.metrics.inc("signals", "sigpipe")
@@ -98,9 +122,10 @@ def install(
     log_info: Callable[[str], None] | None = None,
     *,
     exit_fn: Callable[[int], Any] = os._exit,
+    find_bad_syscall: Callable[[], Any] | None = None,
 ) -> SignalHandlers:
     """Install Firecracker's handlers for the whole process (call on the main thread)."""
-    handlers = SignalHandlers(metrics, log_error, log_info, exit_fn)
+    handlers = SignalHandlers(metrics, log_error, log_info, exit_fn, find_bad_syscall)
     global _wakeup_r
     if _wakeup_r is None:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

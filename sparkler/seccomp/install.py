@@ -50,16 +50,20 @@ Using it from the VMM (the lead's wiring; nothing here touches ``sparkler.vmm``)
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import dataclasses
+import errno
 import json
 import os
+import re
 import threading
+import time
 from collections.abc import Mapping
-from importlib import resources
 from typing import Any
 
+from sparkler.errors import ConfigError
+
 ROLES = ("vmm", "api", "vcpu")
+FILTERS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "filters")
 MAX_BPF_INSTRUCTIONS = 4096  # BPF_MAXINSNS
 BPF_INSTRUCTION_SIZE = 8  # struct sock_filter
 MAX_FILTER_FILE_SIZE = 1 << 20
@@ -89,9 +93,16 @@ U64_MAX = 2**64 - 1
 PR_SET_NO_NEW_PRIVS = 38  # linux/prctl.h
 SYS_SECCOMP = 317  # x86_64
 SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_LOG = 2  # linux/seccomp.h (4.14+): the kernel audit-logs this filter's traps
+SCMP_ARCH_NATIVE = 0
+
+# Test-only hook (see ``install_thread_filter``): both variables must be set.
+TEST_HOOKS_ENV = "SPARKLER_TEST_HOOKS"
+BAD_SYSCALL_ENV = "SPARKLER_TEST_BAD_SYSCALL"
+BAD_SYSCALL_NR = 110  # getppid: harmless, and in none of the shipped allow-lists
 
 
-class SeccompError(Exception):
+class SeccompError(ConfigError):
     """A policy cannot be parsed, compiled or installed."""
 
 
@@ -219,11 +230,11 @@ def load_filter_file(path: str) -> dict[str, Policy]:
 
 
 def default_policies() -> dict[str, Policy]:
-    """The shipped ``filters/<role>.json``."""
+    """The shipped ``filters/<role>.json`` (read by path: importlib.resources costs start-up time)."""
     policies = {}
     for role in ROLES:
-        text = resources.files("sparkler.seccomp").joinpath("filters", f"{role}.json").read_text()
-        raw = json.loads(text)
+        with open(os.path.join(FILTERS_DIR, f"{role}.json"), "rb") as f:
+            raw = json.loads(f.read())
         if set(raw) != {role}:
             raise SeccompError(f"filters/{role}.json must hold exactly the {role!r} filter")
         policies[role] = parse_policy(raw[role], role)
@@ -232,6 +243,16 @@ def default_policies() -> dict[str, Policy]:
 
 # --- compiling with libseccomp -----------------------------------------------------------------------
 _lib: Any = None
+_libc: Any = None
+
+
+def _c() -> Any:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)  # the process's own symbols include libc's
+        _libc.syscall.restype = ctypes.c_long
+        _libc.free.argtypes = [ctypes.c_void_p]
+    return _libc
 
 
 def _libseccomp() -> Any:
@@ -252,6 +273,8 @@ def _libseccomp() -> Any:
             ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(_ArgCmp),
         ]  # fmt: skip
         lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.seccomp_syscall_resolve_num_arch.argtypes = [ctypes.c_uint32, ctypes.c_int]
+        lib.seccomp_syscall_resolve_num_arch.restype = ctypes.c_void_p
         _lib = lib
     return _lib
 
@@ -289,30 +312,39 @@ def compile_policy(policy: Policy) -> bytes:
 
 
 # --- installing --------------------------------------------------------------------------------------
-_libc: Any = None
+_log_flag = SECCOMP_FILTER_FLAG_LOG
 
 
 def install_bpf(program: bytes) -> None:
-    """Load ``program`` on the calling thread (no TSYNC). An empty program means no filter."""
-    global _libc
+    """Load ``program`` on the calling thread (no TSYNC). An empty program means no filter.
+
+    The filter is loaded with ``SECCOMP_FILTER_FLAG_LOG`` (unlike Firecracker): a trapped syscall is
+    then written to the kernel audit log (``dmesg``: ``audit: type=1326 ... comm="fc_vcpu 0" ...
+    syscall=N``), which is how a violation's syscall is found (see :func:`find_bad_syscall`). Kernels
+    without the flag get the filter without it.
+    """
+    global _log_flag
     if not program:
         return
-    if _libc is None:
-        _libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        _libc.syscall.restype = ctypes.c_long
-    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+    libc = _c()
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise SeccompError(f"prctl(PR_SET_NO_NEW_PRIVS) failed: {os.strerror(err)}")
     buffer = ctypes.create_string_buffer(program, len(program))
     prog = _SockFprog(len(program) // BPF_INSTRUCTION_SIZE, ctypes.addressof(buffer))
-    rc = _libc.syscall(
-        ctypes.c_long(SYS_SECCOMP),
-        ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
-        ctypes.c_uint(0),
-        ctypes.byref(prog),
-    )
-    if rc != 0:
+    while True:
+        rc = libc.syscall(
+            ctypes.c_long(SYS_SECCOMP),
+            ctypes.c_uint(SECCOMP_SET_MODE_FILTER),
+            ctypes.c_uint(_log_flag),
+            ctypes.byref(prog),
+        )
+        if rc == 0:
+            return
         err = ctypes.get_errno()
+        if err == errno.EINVAL and _log_flag:
+            _log_flag = 0  # a kernel older than 4.14: no audit logging of traps
+            continue
         raise SeccompError(f"seccomp(SECCOMP_SET_MODE_FILTER) failed: {os.strerror(err)}")
 
 
@@ -320,6 +352,7 @@ def install_bpf(program: bytes) -> None:
 class _State:
     no_seccomp: bool = False
     programs: dict[str, bytes] | None = None
+    bad_syscall_role: str | None = None  # the test-only hook, read once by configure()
 
 
 _state = _State()
@@ -334,14 +367,25 @@ def configure(
     """Decide once per process (from ``--no-seccomp`` / a custom filter) and compile the programs.
 
     ``policies`` defaults to the shipped files; pass ``parse_filter_file(...)`` for a custom one.
+    Also reads the test-only hook (``SPARKLER_TEST_HOOKS=1`` together with
+    ``SPARKLER_TEST_BAD_SYSCALL=<role>``, see :func:`install_thread_filter`).
     """
+    hook = os.environ.get(BAD_SYSCALL_ENV) if os.environ.get(TEST_HOOKS_ENV) == "1" else None
+    if hook is not None and hook not in ROLES:
+        raise SeccompError(f"{BAD_SYSCALL_ENV} must be one of {', '.join(ROLES)}, not {hook!r}")
     with _lock:
+        _state.bad_syscall_role = hook
         _state.no_seccomp = no_seccomp
         if no_seccomp:
             _state.programs = {role: b"" for role in ROLES}
             return
         chosen = default_policies() if policies is None else policies
         _state.programs = {role: compile_policy(chosen[role]) for role in ROLES}
+
+
+def configured() -> bool:
+    """Whether this process called :func:`configure` (the VMM does at start-up)."""
+    return _state.programs is not None
 
 
 def install_filter(role: str) -> None:
@@ -356,6 +400,105 @@ def install_filter(role: str) -> None:
         configure()
     assert _state.programs is not None
     install_bpf(_state.programs[role])
+
+
+def install_thread_filter(role: str) -> bool:
+    """The VMM's install points (``fc_api``, each ``fc_vcpu N``, the main thread after the build).
+
+    Installs ``role``'s filter on the calling thread when the process configured seccomp at
+    start-up (``configure``, done by ``vmm.runtime.setup_process`` from ``--no-seccomp`` /
+    ``--seccomp-filter``); a no-op otherwise, so code that drives a VMM inside another process (an
+    in-process test, a library user) never filters that process's threads. Returns whether a filter
+    was installed.
+
+    Test-only hook: with ``SPARKLER_TEST_HOOKS=1`` and ``SPARKLER_TEST_BAD_SYSCALL=<role>`` in the
+    environment at start-up, the thread makes one forbidden syscall (``getppid``) right after
+    installing its filter, so tests can watch a violation end the process (exit code 148). Both
+    variables are needed; the jailer clears the environment, so a jailed VMM never honours it.
+    """
+    if role not in ROLES:
+        raise SeccompError(f"unknown thread role {role!r} (expected one of {', '.join(ROLES)})")
+    programs = _state.programs
+    if programs is None:
+        return False
+    install_bpf(programs[role])
+    if _state.bad_syscall_role == role:
+        _c().syscall(ctypes.c_long(BAD_SYSCALL_NR))
+    return bool(programs[role])
+
+
+# --- finding the cause of a violation ----------------------------------------------------------------
+# comm is quoted, or hex-encoded when it holds a space or a quote ("fc_vcpu 0" -> 66635F766370752030)
+_AUDIT_SECCOMP = re.compile(
+    rb'type=1326 [^\n]*?\bpid=(\d+) [^\n]*?\bcomm=(?:"([^"\n]*)"|([0-9A-F]+))[^\n]*?\bsyscall=(\d+)'
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BadSyscall:
+    """One violation as the kernel audit log recorded it."""
+
+    nr: int
+    name: str
+    thread: str
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.nr}) on thread {self.thread}"
+
+
+def syscall_name(nr: int) -> str:
+    """The name of x86_64 syscall ``nr`` (libseccomp's table); ``syscall <nr>`` if unknown."""
+    try:
+        lib = _libseccomp()
+    except SeccompError:
+        return f"syscall {nr}"
+    ptr = lib.seccomp_syscall_resolve_num_arch(SCMP_ARCH_NATIVE, nr)
+    if not ptr:
+        return f"syscall {nr}"
+    try:
+        return ctypes.string_at(ptr).decode(errors="replace")
+    finally:
+        _c().free(ptr)
+
+
+def find_bad_syscall(pid: int | None = None, timeout: float = 0.2, kmsg: str = "/dev/kmsg") -> BadSyscall | None:
+    """The last seccomp violation of process ``pid`` in the kernel log, or None.
+
+    Filters are loaded with ``SECCOMP_FILTER_FLAG_LOG``, so the kernel writes an audit record
+    (``type=1326``, ``syscall=N``, the thread's ``comm``) for every trapped syscall. Without auditd
+    the record lands in the kernel ring buffer (``dmesg``), which this reads through ``/dev/kmsg``
+    (needs CAP_SYSLOG when ``kernel.dmesg_restrict=1``; absent inside a jail). The record is
+    printed asynchronously (kauditd), so this waits up to ``timeout`` seconds for it.
+    """
+    pid = os.getpid() if pid is None else pid
+    try:
+        fd = os.open(kmsg, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    found: BadSyscall | None = None
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                record = os.read(fd, 8192)
+            except BlockingIOError:
+                if found is not None or time.monotonic() >= deadline:
+                    return found
+                time.sleep(0.005)
+                continue
+            except BrokenPipeError:  # records were overwritten while we read: go on
+                continue
+            except OSError:
+                return found
+            if not record:
+                return found
+            for m in _AUDIT_SECCOMP.finditer(record):  # /dev/kmsg gives one record per read
+                if int(m[1]) == pid:
+                    nr = int(m[4])
+                    comm = m[2] if m[2] is not None else bytes.fromhex(m[3].decode())
+                    found = BadSyscall(nr, syscall_name(nr), comm.decode(errors="replace"))
+    finally:
+        os.close(fd)
 
 
 def seccomp_mode(tid: int | None = None) -> int:
@@ -383,5 +526,10 @@ __all__ = [
     "install_bpf",
     "configure",
     "install_filter",
+    "install_thread_filter",
+    "configured",
+    "find_bad_syscall",
+    "syscall_name",
+    "BadSyscall",
     "seccomp_mode",
 ]

@@ -21,6 +21,7 @@ from sparkler.vmm.runtime import (
     EXIT_OK,
     build_options,
     final_metrics_flush,
+    install_vmm_filter,
     make_mmds,
     metrics_started,
     periodic_metrics,
@@ -88,6 +89,7 @@ def run(options: RunOptions, config: VmmConfig | None) -> int:
             log=log.info,
             on_request=METRICS.count_api_request,
             debug_log=log.debug,
+            thread_init=_install_api_filter,
         )
     except (OSError, SparklerError) as e:
         log.error(f"Failed to open the API socket at {options.api_sock}: {e}")
@@ -95,13 +97,30 @@ def run(options: RunOptions, config: VmmConfig | None) -> int:
             controller.machine.stop()
         channel.close()
         return EXIT_GENERIC
-    server.start()
+    try:
+        server.start()
+    except SparklerError as e:  # the fc_api thread could not install its seccomp filter
+        log.error(str(e))
+        server.shutdown()
+        if controller.machine is not None:
+            controller.machine.stop()
+        channel.close()
+        return EXIT_GENERIC
     log.info("API server started.")
     _report_startup_time(options)
     try:
         if not _wait_for_boot(controller, channel):
             return EXIT_OK
         machine = controller.machine
+        try:
+            # After the build, before the event loop (catalog 10.1). What the main thread still does
+            # later (PATCH /drives opens files, FlushMetrics, logger/metrics writes, device work,
+            # pause/resume) is in the vmm allow-list.
+            install_vmm_filter()
+        except SparklerError as e:
+            log.error(str(e))
+            machine.stop()
+            return EXIT_GENERIC
         timer, extra = periodic_metrics()
         try:
             return run_event_loop(machine, extra=[(channel.fd, controller.process_channel), *extra])
@@ -137,6 +156,13 @@ def _report_startup_time(options: RunOptions) -> None:
     if options.start_time_cpu_us is not None:
         cpu_us = time.process_time_ns() // 1000 - options.start_time_cpu_us + (options.parent_cpu_time_us or 0)
         METRICS.store("api_server", "process_startup_time_cpu_us", max(0, cpu_us))
+
+
+def _install_api_filter() -> None:
+    """Run by ``fc_api`` after naming itself, before it accepts a connection."""
+    from sparkler.seccomp import install as seccomp
+
+    seccomp.install_thread_filter("api")
 
 
 def _build_microvm(config: VmmConfig, options: BuildOptions) -> object:

@@ -55,14 +55,16 @@ def make_mmds(options: RunOptions, config: VmmConfig | None) -> object:
 
 
 def setup_process(options: RunOptions, config: VmmConfig | None) -> bool:
-    """Firecracker's start-up steps 4 and 6: signal handlers, then ``--metrics-path`` (or the config
-    file's ``metrics``). Returns whether metrics are initialised; raises SparklerError when the
-    metrics destination cannot be opened."""
+    """Firecracker's start-up steps 4, 6 and 7: signal handlers, ``--metrics-path`` (or the config
+    file's ``metrics``), then the seccomp filters (compiled now, installed by each thread later).
+    Returns whether metrics are initialised; raises SparklerError when the metrics destination
+    cannot be opened or the filters cannot be loaded (before any thread or guest runs)."""
     from sparkler import metrics
     from sparkler.errors import ConfigError
     from sparkler.host import signals
+    from sparkler.seccomp import install as seccomp
 
-    signals.install(metrics.METRICS, log.error, log.info)
+    signals.install(metrics.METRICS, log.error, log.info, find_bad_syscall=seccomp.find_bad_syscall)
     metrics.METRICS.clear_sources()
     metrics.METRICS.set_instance_id(options.instance_id)
     metrics.METRICS.add_source("logger", metrics.logger_source(log.statistics))
@@ -74,7 +76,27 @@ def setup_process(options: RunOptions, config: VmmConfig | None) -> bool:
             metrics.METRICS.configure(metrics_config)
     except (OSError, ValueError) as e:
         raise ConfigError(f"Failed to initialize the metrics system: {getattr(e, 'strerror', None) or e}") from None
+    configure_seccomp(options)
     return metrics.METRICS.initialized
+
+
+def configure_seccomp(options: RunOptions) -> None:
+    """Load the filters (``--no-seccomp``: none; ``--seccomp-filter FILE``: that file; else the
+    shipped ones) and compile them; a bad file is a ConfigError before anything runs."""
+    from sparkler.seccomp import install as seccomp
+
+    try:
+        policies = None if options.seccomp_filter is None else seccomp.load_filter_file(options.seccomp_filter)
+        seccomp.configure(no_seccomp=options.no_seccomp, policies=policies)
+    except seccomp.SeccompError as e:
+        raise seccomp.SeccompError(f"Error retrieving seccomp filters: {e}") from None
+
+
+def install_vmm_filter() -> None:
+    """The main thread's filter, once the machine is built and started (catalog 10.1)."""
+    from sparkler.seccomp import install as seccomp
+
+    seccomp.install_thread_filter("vmm")
 
 
 def metrics_started(machine: Machine) -> None:
@@ -138,6 +160,12 @@ def run_from_config(config: VmmConfig, options: RunOptions) -> int:
         log.error(f"Could not Start MicroVM from one single json: {e}")
         return EXIT_GENERIC
     machine.start()
+    try:
+        install_vmm_filter()
+    except SparklerError as e:
+        log.error(str(e))
+        machine.stop()
+        return EXIT_GENERIC
     log.info("Successfully started microvm that was configured from one single json")
     metrics_started(machine)
     timer, extra = periodic_metrics()
@@ -198,7 +226,9 @@ def run_api(options: RunOptions, config: VmmConfig | None) -> int:
 
 __all__ = [
     "RunOptions",
+    "configure_seccomp",
     "final_metrics_flush",
+    "install_vmm_filter",
     "metrics_started",
     "periodic_metrics",
     "run_api",

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from sparkler import logger as log
 from sparkler.host.thread_name import prctl_set_name
 from sparkler.kvm import exits
+from sparkler.seccomp.install import install_thread_filter
 from sparkler.vmm.bus import Bus
 
 # Signal used to kick a vCPU out of KVM_RUN. Firecracker uses SIGRTMIN; any signal works as long as
@@ -143,6 +144,8 @@ class Vcpu:
             self.state = VcpuState.RUNNING
         code, reason = EXIT_OK, ""
         try:
+            # The vcpu filter before the first KVM_RUN (a no-op unless the process configured seccomp).
+            install_thread_filter("vcpu")
             code, reason = self._run()
         except Exception as e:  # noqa: BLE001 - any escape here must stop the VM, not hang it
             code, reason = EXIT_ERROR, f"vCPU {self.index} failed: {e!r}"

@@ -41,6 +41,11 @@ def _synthetic() -> dict:
                   "QEMU": {"pio_us": vals(10.0), "mmio_us": vals(10.0)}},
         "vms_per_s": {"window_s": 2.5, "Sparkler": {"boots": 20, "seconds": 2.5, "per_s": 8.0, "boot_ms": vals(125.0)},
                       "QEMU": {"boots": 44, "seconds": 2.5, "per_s": 17.6, "boot_ms": vals(55.0)}},
+        "jailer_startup": {"runs": 3, "rows": [
+            {"variant": "jailer -> VMM (seccomp filters, default)", "median_ms": 180.0, "min_ms": 170.0,
+             "max_ms": 220.0, "cpu_ms": 150.0},
+            {"variant": "jailer -> VMM -- --no-seccomp", "median_ms": 170.0, "min_ms": 160.0, "max_ms": 200.0,
+             "cpu_ms": 140.0}]},
         "api_latency": {"requests": 100, "rows": [
             {"endpoint": "GET /", "median_us": 105.0, "p99_us": 190.0, "mean_us": 111.0, "min_us": 95.0},
             {"endpoint": "PUT /machine-config", "median_us": 112.0, "p99_us": 187.0, "mean_us": 119.0, "min_us": 105.0}]},
@@ -57,7 +62,8 @@ def test_markdown_tables_from_synthetic_numbers():
     row = next(line for line in md.splitlines() if line.startswith("| Start → first guest instruction |"))
     assert f"{s['median'] / q['median']:.2f}×" in row
     assert f"n={s['n']}" in row
-    for heading in ("## Host", "## Summary", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## Pending",
+    assert "| Jailer start → API socket ready in the jail | **180.0** ms |" in md
+    for heading in ("## Host", "## Summary", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## Pending",
                     "## Caveats"):
         assert heading in md
     assert "QEMU emulator version 7.2.22" in md
@@ -143,6 +149,18 @@ def test_api_benchmarks_still_run(live, script):
 
     res = suite.api_startup(1) if script == "api_startup" else suite.api_latency(5)
     assert res["rows"]
+
+
+def test_jailer_startup_benchmark_still_runs(live):
+    if os.geteuid() != 0:
+        pytest.skip("the jailer needs root (mknod, pivot_root, setuid)")
+    import suite
+
+    res = suite.jailer_startup(1)
+    assert [r["variant"] for r in res["rows"]] == ["jailer -> VMM (seccomp filters, default)",
+                                                   "jailer -> VMM -- --no-seccomp"]  # fmt: skip
+    for row in res["rows"]:
+        assert 0 < row["min_ms"] <= row["median_ms"] <= row["max_ms"] and row["cpu_ms"] > 0
 
 
 def test_write_report_without_matplotlib(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+import sparkler
 from sparkler.sdk.client import Client
 from tests.jailer.helpers import JAILER, require_root, wait_gone
-from tests.seccomp.test_vmm_filters import LAUNCHER
 
 pytestmark = pytest.mark.usefixtures("kvm")
 
@@ -31,10 +32,20 @@ TIMEOUT_S = 60
 EXIT_SIGHUP = 156
 
 
-def _console_script() -> Path:
-    script = Path(sys.executable).parent / "firecracker"
-    if not script.exists():
-        pytest.skip("the firecracker console script is not installed next to the interpreter")
+def vmm_script(directory: Path) -> Path:
+    """A ``firecracker`` exec file running *this tree's* VMM on the current interpreter.
+
+    The venv's console script would import the package its editable install points at (the main
+    checkout, not bound into the jail when the tests run from another worktree); this script puts
+    the directory of the imported ``sparkler`` package (which the jailer binds) on ``sys.path``.
+    """
+    repo = str(Path(sparkler.__file__).resolve().parent.parent)
+    script = directory / "firecracker"
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {repo!r})\n"
+        "from sparkler.cli import main\nsys.exit(main())\n"
+    )
+    script.chmod(0o755)
     return script
 
 
@@ -47,6 +58,16 @@ def _wait_for(predicate, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _accepts(path: Path) -> bool:
+    """The socket file exists *and* listens (bind creates the file before listen)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+            return True
+        except OSError:
+            return False
+
+
 @pytest.fixture
 def short_base():
     """A short --chroot-base-dir: the socket path must fit in sun_path (108 bytes)."""
@@ -55,18 +76,10 @@ def short_base():
     shutil.rmtree(base, ignore_errors=True)
 
 
-def _filtered_script(directory: Path) -> Path:
-    """A ``firecracker`` script running the VMM with every thread filtered (see tests/seccomp)."""
-    script = directory / "firecracker"
-    script.write_text(f"#!{sys.executable}\n{LAUNCHER}")
-    script.chmod(0o755)
-    return script
-
-
 @pytest.mark.parametrize("filtered", [False, True], ids=["plain", "seccomp"])
 def test_jailed_vmm_serves_api_and_boots_probe(tmp_path, short_base, probe_kernel, filtered):
     require_root()
-    exec_file = _filtered_script(tmp_path) if filtered else _console_script()
+    exec_file = vmm_script(tmp_path)  # filters every thread by default; a forwarded --no-seccomp does not
     base = short_base
     root = base / "firecracker" / "vm-jailed" / "root"
     root.mkdir(parents=True)
@@ -76,13 +89,14 @@ def test_jailed_vmm_serves_api_and_boots_probe(tmp_path, short_base, probe_kerne
     started = time.monotonic()
     jailer = subprocess.Popen(
         [*JAILER, "--id", "vm-jailed", "--exec-file", str(exec_file), "--uid", str(UID),
-         "--gid", str(GID), "--chroot-base-dir", str(base), "--new-pid-ns"],
+         "--gid", str(GID), "--chroot-base-dir", str(base), "--new-pid-ns",
+         *(() if filtered else ("--", "--no-seccomp"))],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     pid = 0
     try:
         sock = root / "run" / "firecracker.socket"
-        _wait_for(sock.exists, "the API socket in the jail")
+        _wait_for(lambda: _accepts(sock), "the API socket in the jail")
         ready_s = time.monotonic() - started
         pid = int((root / "firecracker.pid").read_text())
         with Client(str(sock)) as api:

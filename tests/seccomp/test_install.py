@@ -10,8 +10,10 @@ import json
 import os
 import resource
 import signal
+import subprocess
 import threading
 from collections.abc import Callable
+from importlib import resources
 
 import pytest
 
@@ -125,7 +127,7 @@ def test_no_seccomp_installs_nothing():
 
 
 def _custom_file(extra_rule: dict, *, default: object = "trap") -> bytes:
-    base = {role: json.loads(sc.resources.files("sparkler.seccomp").joinpath("filters", f"{role}.json")
+    base = {role: json.loads(resources.files("sparkler.seccomp").joinpath("filters", f"{role}.json")
                              .read_text())[role] for role in sc.ROLES}  # fmt: skip
     for role in sc.ROLES:
         base[role] = dict(base[role], default_action=default, filter=[*base[role]["filter"], extra_rule])
@@ -221,3 +223,65 @@ def test_load_filter_file_reads_the_json_format(tmp_path):
 def test_load_filter_file_missing_file_is_an_error(tmp_path):
     with pytest.raises(sc.SeccompError, match="cannot read the seccomp filter file"):
         sc.load_filter_file(str(tmp_path / "nope.json"))
+
+
+# --- finding the cause of a violation ---------------------------------------------------------------
+AUDIT_LINES = (
+    b"6,100,1,-;audit: type=1326 audit(1.0:1): auid=4294967295 uid=0 gid=0 ses=4294967295 pid=77 "
+    b'comm="fc_api" exe="/usr/bin/python3" sig=0 arch=c000003e syscall=59 compat=0 ip=0x1 code=0x30000\n'
+    b"6,101,2,-;kvm: something else pid=4242 syscall=1\n"
+    b"6,102,3,-;audit: type=1326 audit(1.0:2): auid=4294967295 uid=0 gid=0 ses=4294967295 pid=4242 "
+    b'comm=66635F766370752030 exe="/usr/bin/python3" sig=0 arch=c000003e syscall=110 compat=0 ip=0x1 code=0x30000\n'
+    b"6,103,4,-;audit: type=1326 audit(1.0:3): auid=4294967295 uid=0 gid=0 ses=4294967295 pid=4242 "
+    b'comm="main thread" exe="/usr/bin/python3" sig=0 arch=c000003e syscall=57 compat=0 ip=0x1 code=0x30000\n'
+)
+
+
+def test_find_bad_syscall_parses_audit_records_of_this_pid(tmp_path):
+    log = tmp_path / "kmsg"
+    log.write_bytes(AUDIT_LINES)
+    found = sc.find_bad_syscall(4242, timeout=0, kmsg=str(log))
+    assert found == sc.BadSyscall(57, "fork", "main thread")  # the last record of pid 4242
+    log.write_bytes(AUDIT_LINES.rsplit(b"6,103", 1)[0])
+    found = sc.find_bad_syscall(4242, timeout=0, kmsg=str(log))
+    assert found == sc.BadSyscall(110, "getppid", "fc_vcpu 0")  # a comm with a space is hex-encoded
+    assert sc.find_bad_syscall(77, timeout=0, kmsg=str(log)) == sc.BadSyscall(59, "execve", "fc_api")
+    assert sc.find_bad_syscall(5, timeout=0, kmsg=str(log)) is None
+    assert sc.find_bad_syscall(5, timeout=0, kmsg=str(tmp_path / "absent")) is None
+
+
+def test_syscall_name_resolves_numbers():
+    assert sc.syscall_name(0) == "read"
+    assert sc.syscall_name(110) == "getppid"
+    assert sc.syscall_name(99999) == "syscall 99999"
+
+
+def _kmsg_readable() -> bool:
+    try:
+        os.close(os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK))
+        return True
+    except OSError:
+        return False
+
+
+def test_violation_is_in_the_kernel_audit_log():
+    if not _kmsg_readable():
+        pytest.skip("/dev/kmsg is not readable here (needs CAP_SYSLOG)")
+
+    def body(w: int) -> None:
+        sc.install_filter("vcpu")
+        os.getppid()  # trapped: SIGSYS, audit-logged because the filter carries SECCOMP_FILTER_FLAG_LOG
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            body(-1)
+        finally:
+            os._exit(99)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGSYS
+    found = sc.find_bad_syscall(pid, timeout=3)
+    if found is None and b"callbacks suppressed" in subprocess.run(["dmesg"], capture_output=True).stdout[-4000:]:
+        pytest.skip("the kernel rate-limited the audit record (printk_ratelimit)")
+    assert found is not None and (found.nr, found.name) == (110, "getppid")
