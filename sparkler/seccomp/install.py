@@ -50,7 +50,6 @@ Using it from the VMM (the lead's wiring; nothing here touches ``sparkler.vmm``)
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import errno
 import json
 import os
@@ -59,6 +58,8 @@ import threading
 import time
 from collections.abc import Mapping
 from typing import Any
+
+import msgspec
 
 from sparkler.errors import ConfigError
 
@@ -119,22 +120,19 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-@dataclasses.dataclass(frozen=True)
-class ArgCondition:
+class ArgCondition(msgspec.Struct, frozen=True):
     index: int
     op: int
     datum_a: int
     datum_b: int
 
 
-@dataclasses.dataclass(frozen=True)
-class Rule:
+class Rule(msgspec.Struct, frozen=True):
     syscall: str
     args: tuple[ArgCondition, ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
-class Policy:
+class Policy(msgspec.Struct, frozen=True):
     default_action: int
     filter_action: int
     rules: tuple[Rule, ...]
@@ -348,11 +346,13 @@ def install_bpf(program: bytes) -> None:
         raise SeccompError(f"seccomp(SECCOMP_SET_MODE_FILTER) failed: {os.strerror(err)}")
 
 
-@dataclasses.dataclass
 class _State:
-    no_seccomp: bool = False
-    programs: dict[str, bytes] | None = None
-    bad_syscall_role: str | None = None  # the test-only hook, read once by configure()
+    """What ``configure`` decided for this process."""
+
+    def __init__(self) -> None:
+        self.no_seccomp = False
+        self.programs: dict[str, bytes] | None = None
+        self.bad_syscall_role: str | None = None  # the test-only hook, read once by configure()
 
 
 _state = _State()
@@ -429,13 +429,12 @@ def install_thread_filter(role: str) -> bool:
 
 # --- finding the cause of a violation ----------------------------------------------------------------
 # comm is quoted, or hex-encoded when it holds a space or a quote ("fc_vcpu 0" -> 66635F766370752030)
-_AUDIT_SECCOMP = re.compile(
+_AUDIT_SECCOMP = (
     rb'type=1326 [^\n]*?\bpid=(\d+) [^\n]*?\bcomm=(?:"([^"\n]*)"|([0-9A-F]+))[^\n]*?\bsyscall=(\d+)'
-)
+)  # compiled on use: only a dying process needs it
 
 
-@dataclasses.dataclass(frozen=True)
-class BadSyscall:
+class BadSyscall(msgspec.Struct, frozen=True):
     """One violation as the kernel audit log recorded it."""
 
     nr: int
@@ -492,7 +491,7 @@ def find_bad_syscall(pid: int | None = None, timeout: float = 0.2, kmsg: str = "
                 return found
             if not record:
                 return found
-            for m in _AUDIT_SECCOMP.finditer(record):  # /dev/kmsg gives one record per read
+            for m in re.finditer(_AUDIT_SECCOMP, record):  # /dev/kmsg gives one record per read
                 if int(m[1]) == pid:
                     nr = int(m[4])
                     comm = m[2] if m[2] is not None else bytes.fromhex(m[3].decode())
