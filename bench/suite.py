@@ -34,6 +34,9 @@ PROFILES = {
     "quick": dict(boot_runs=7, exit_runs=5, exits=10000, mem_runs=2, vms_window_s=2.5, startup_runs=3, requests=100,
                   jailer_runs=3),
 }
+# block throughput (runs per workload) and idle-VM density (cap on VMs, time budget s)
+PROFILES["full"].update(blk_runs=5, density_max=200, density_budget_s=150.0)
+PROFILES["quick"].update(blk_runs=2, density_max=10, density_budget_s=30.0)
 
 _ROW = re.compile(r"^(?P<label>\S.*?)\s+(?P<a>[\d.]+)\s+(?P<b>[\d.]+)\s+(?P<c>[\d.]+)\s+(?P<d>[\d.]+)(?:\s+.*)?$")
 
@@ -87,6 +90,16 @@ def jailer_startup(runs: int) -> dict[str, Any]:
     if not rows:
         raise RuntimeError(f"could not parse bench/jailer_startup.py output: {out[-400:]!r}")
     return {"runs": runs, "rows": rows}
+def block_throughput(quick: bool, runs: int) -> dict[str, Any]:
+    import block_throughput as bt
+
+    return bt.run(quick=quick, runs=runs)
+
+
+def density(max_vms: int, budget_s: float) -> dict[str, Any]:
+    import density as dn
+
+    return dn.run(max_vms=max_vms, budget_s=budget_s)
 
 
 def host_info() -> dict[str, Any]:
@@ -162,6 +175,8 @@ def run(mode: str, out_dir: pathlib.Path) -> pathlib.Path:
                  lambda: {"window_s": p["vms_window_s"], **measure.vms_per_second(vmms, p["vms_window_s"])})
         _section(results, "api_latency", "API latency", lambda: api_latency(p["requests"]))
         _section(results, "jailer_startup", "jailer start -> API ready", lambda: jailer_startup(p["jailer_runs"]))
+    _section(results, "block", "block throughput", lambda: block_throughput(mode == "quick", p["blk_runs"]))
+    _section(results, "density", "idle VM density", lambda: density(p["density_max"], p["density_budget_s"]))
     results["meta"]["host"]["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     results["meta"]["duration_s"] = time.perf_counter() - started
     return write_report(results, out_dir)

@@ -49,6 +49,18 @@ def _synthetic() -> dict:
         "api_latency": {"requests": 100, "rows": [
             {"endpoint": "GET /", "median_us": 105.0, "p99_us": 190.0, "mean_us": 111.0, "min_us": 95.0},
             {"endpoint": "PUT /machine-config", "median_us": 112.0, "p99_us": 187.0, "mean_us": 119.0, "min_us": 105.0}]},
+        "block": {"runs": 2, "depth": 64, "workloads": [
+            {"name": name, "mode": mode, "bs": bs, "requests": 1024,
+             **{k: report.stats(vals(c)) for k, c in (("mib_s", mib), ("iops", mib * 1048576 / bs),
+                                                      ("guest_mib_s", mib), ("vmm_cpu_s_per_gib", 0.25),
+                                                      ("proc_cpu_s_per_gib", 0.6), ("kicks_per_request", 0.01))}}
+            for name, mode, bs, mib in (("seq read 128K", "read", 131072, 1200.0),
+                                        ("rand read 4K", "randread", 4096, 110.0))]},
+        "density": {"vms": 10, "mem_mib": 128, "stop_reason": "cap of 10 VMs", "mem_total_mib": 24000,
+                    "mem_available_before_mib": 22000, "mem_available_after_mib": 21840, "reserve_mib": 6000,
+                    "drop_per_vm_kib": 16000.0, "rss_kib": vals(19000.0, 10), "pss_kib": vals(12000.0, 10),
+                    "uss_kib": vals(11500.0, 10), "boot_s": vals(0.6, 10), "cpu_ms_per_vm_s": 0.01,
+                    "fit_all_available": 1400, "fit_above_reserve": 1020, "seconds": 9.0},
     }
 
 
@@ -63,12 +75,19 @@ def test_markdown_tables_from_synthetic_numbers():
     assert f"{s['median'] / q['median']:.2f}×" in row
     assert f"n={s['n']}" in row
     assert "| Jailer start → API socket ready in the jail | **180.0** ms |" in md
-    for heading in ("## Host", "## Summary", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## Pending",
+    for heading in ("## Host", "## Summary", "## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6.", "## 7.", "## 8.",
+                    "## 9.", "## Pending",
                     "## Caveats"):
         assert heading in md
     assert "QEMU emulator version 7.2.22" in md
     assert "Firecracker" in md and "not available" in md
-    assert "PVM" in md and "virtio-block is not wired" in md
+    assert "PVM" in md and "virtio-block is not wired" not in md
+    seq = res["block"]["workloads"][0]["mib_s"]
+    row = next(line for line in md.splitlines() if line.startswith("| seq read 128K |"))
+    assert f"**{seq['median']:.0f}**" in row
+    assert "**1020 VMs**" in md
+    assert next(line for line in md.splitlines() if line.startswith("| MemAvailable drop per VM |")).endswith(
+        "**15.6** MiB |")
     # every table row has as many cells as its header
     lines = md.splitlines()
     for i, line in enumerate(lines):
@@ -86,9 +105,12 @@ def test_markdown_without_qemu_and_with_failed_sections():
     for section in ("boot", "memory", "exits", "vms_per_s"):
         res[section].pop("QEMU")
     res["api_latency"] = {"error": "RuntimeError: boom"}
+    res["block"] = {"error": "RuntimeError: no disk"}
+    del res["density"]
     md = report.render_markdown(res)
     assert "QEMU could not run here:** qemu-system-x86_64 is not installed" in md
     assert "Not measured: RuntimeError: boom" in md
+    assert "Not measured: RuntimeError: no disk" in md and "Not measured: not run" in md
     assert "| PIO exits per second |" in md
 
 
@@ -96,7 +118,7 @@ def test_write_report_writes_markdown_json_and_plots(tmp_path):
     pytest.importorskip("matplotlib", reason="matplotlib not installed (bench extra: pip install -e '.[bench]')")
     path = report.write_report(_synthetic(), tmp_path)
     md = path.read_text()
-    names = ["boot", "memory", "exits", "vms_per_s", "api_latency", "api_startup"]
+    names = ["boot", "memory", "exits", "vms_per_s", "api_latency", "api_startup", "block", "density"]
     for name in names:
         png = tmp_path / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
@@ -161,6 +183,23 @@ def test_jailer_startup_benchmark_still_runs(live):
                                                    "jailer -> VMM -- --no-seccomp"]  # fmt: skip
     for row in res["rows"]:
         assert 0 < row["min_ms"] <= row["median_ms"] <= row["max_ms"] and row["cpu_ms"] > 0
+
+
+def test_block_benchmark_still_runs(live):
+    import block_throughput
+
+    res = block_throughput.run(quick=True, runs=1)
+    assert [w["mode"] for w in res["workloads"]] == ["read", "write", "randread", "randwrite"]
+    for w in res["workloads"]:
+        assert w["mib_s"]["median"] > 0 and w["iops"]["median"] > 0 and w["vmm_cpu_s_per_gib"]["n"] == 1
+
+
+def test_density_benchmark_still_runs(live):
+    import density
+
+    res = density.run(max_vms=2, budget_s=60)
+    assert res["vms"] == 2 and res["stop_reason"] == "cap of 2 VMs"
+    assert len(res["rss_kib"]) == 2 and min(res["uss_kib"]) > 0
 
 
 def test_write_report_without_matplotlib(tmp_path, monkeypatch):
