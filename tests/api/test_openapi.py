@@ -12,6 +12,7 @@ from sparkler.config.actions import InstanceActionInfo
 from sparkler.config.balloon import BalloonConfig, BalloonStatsUpdate, BalloonUpdate
 from sparkler.config.boot_source import BootSourceConfig
 from sparkler.config.cpu_config import CpuConfig, CpuidLeafModifier, CpuidRegisterModifier, MsrModifier
+from sparkler.config.drive import DriveConfig, DriveUpdate
 from sparkler.config.entropy import EntropyConfig
 from sparkler.config.logger import LoggerConfig
 from sparkler.config.machine import MachineConfig
@@ -45,8 +46,13 @@ MODELS = {
     "BalloonUpdate": BalloonUpdate,
     "BalloonStatsUpdate": BalloonStatsUpdate,
     "EntropyDevice": EntropyConfig,
+    "Drive": DriveConfig,
+    "PartialDrive": DriveUpdate,
     "RateLimiter": RateLimiterConfig,
 }
+
+# Per-ID device endpoints the router serves (not stubs), as (method, documented path).
+DEVICE_ENDPOINTS = {("PUT", "/drives/{drive_id}"), ("PATCH", "/drives/{drive_id}")}
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +94,10 @@ def test_openapi_lists_every_router_endpoint(ours):
     served = {("GET", "/" + "/".join(tokens)) for tokens in router._GET_ROUTES}
     served |= {(method, "/" + "/".join((first,) + rest)) for method, first, rest in router._BODY_ROUTES}
     served = {(m, p if p != "/" else "/") for m, p in served}
+    for method, path in DEVICE_ENDPOINTS:
+        first = path.split("/")[1]
+        assert not router._DEVICE_ROUTES[(method, first)].__qualname__.startswith("_device"), (method, path)
+    served |= DEVICE_ENDPOINTS
     assert served == documented
 
 
