@@ -82,6 +82,7 @@ def _build(config: VmmConfig, mc: Any, options: BuildOptions, cleanup: ExitStack
     cmdline = Cmdline(layout.CMDLINE_MAX_SIZE)
     try:
         cmdline.insert_str(bs.effective_boot_args)
+        cmdline.insert_str("pci=off")  # Firecracker's, unless --enable-pci (Sparkler has no PCI)
         for spec, (addr, gsi) in zip(specs, slots, strict=True):
             for word in spec.cmdline:
                 cmdline.insert_str(word)

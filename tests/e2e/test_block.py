@@ -37,7 +37,7 @@ def test_drives_appear_on_the_guest_command_line(kvm, probe_kernel, run_vmm, tmp
     _assert_clean(run)
     line = run.reports.named("cmdline", "INFO")[0].fields["value"]
     assert line == (
-        f"{BASE_ARGS} root=/dev/vda ro virtio_mmio.device=4K@0xc0001000:5 virtio_mmio.device=4K@0xc0002000:6"
+        f"{BASE_ARGS} pci=off root=/dev/vda ro virtio_mmio.device=4K@0xc0001000:5 virtio_mmio.device=4K@0xc0002000:6"
     ), run.describe()
     assert root.read_bytes() == bytes(64 * 1024)
 
@@ -87,7 +87,7 @@ def test_put_drive_over_the_api_then_boot(kvm, probe_kernel, tmp_path):
             vm.start()
             assert vmm.wait() == 0, vmm.describe()
         out = vmm.stdout
-        assert f"{BASE_ARGS} root=/dev/vda ro virtio_mmio.device=4K@0xc0001000:5" in out, vmm.describe()
+        assert f"{BASE_ARGS} pci=off root=/dev/vda ro virtio_mmio.device=4K@0xc0001000:5" in out, vmm.describe()
         assert "INFO probe done" in out, vmm.describe()
     finally:
         vmm.stop()

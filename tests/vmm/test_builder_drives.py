@@ -57,7 +57,7 @@ def test_build_with_drives(kvm, probe_kernel, tmp_path):
     machine = build_microvm(config, BuildOptions(serial_out=os.open(os.devnull, os.O_WRONLY)))
     try:
         assert _cmdline(machine) == (
-            "console=ttyS0 root=/dev/vda ro virtio_mmio.device=4K@0xc0001000:5 virtio_mmio.device=4K@0xc0002000:6"
+            "console=ttyS0 pci=off root=/dev/vda ro virtio_mmio.device=4K@0xc0001000:5 virtio_mmio.device=4K@0xc0002000:6"
         )
         root_t, data_t = machine.devices["block_rootfs"], machine.devices["block_data"]
         bases = {base: dev for base, _len, dev in machine.mmio_bus.devices()}
@@ -116,7 +116,7 @@ def test_partuuid_root_and_rw(kvm, probe_kernel, tmp_path):
     )
     machine = build_microvm(config, BuildOptions(serial_out=os.open(os.devnull, os.O_WRONLY)))
     try:
-        assert _cmdline(machine) == "a=b root=PARTUUID=abcd-01 rw virtio_mmio.device=4K@0xc0001000:5"
+        assert _cmdline(machine) == "a=b pci=off root=PARTUUID=abcd-01 rw virtio_mmio.device=4K@0xc0001000:5"
     finally:
         machine.stop()
 
