@@ -42,6 +42,7 @@ import struct
 import sys
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sparkler.devices.virtio import spec
 from sparkler.errors import GuestFault
@@ -70,9 +71,11 @@ def full_barrier() -> None:
         pass
 
 
-@dataclass(frozen=True, slots=True)
-class Descriptor:
-    """One validated buffer of a chain: ``len`` bytes at guest address ``addr``."""
+class Descriptor(NamedTuple):
+    """One validated buffer of a chain: ``len`` bytes at guest address ``addr``.
+
+    A NamedTuple (immutable, and about 3x cheaper to build than a frozen dataclass: one is built
+    per buffer of every request on the VMM thread)."""
 
     addr: int
     len: int
@@ -128,6 +131,7 @@ class Queue:
         # the same two areas as arrays of u16, for single 2-byte loads and stores (see module doc)
         self._avail16: memoryview | None = None
         self._used16: memoryview | None = None
+        self._bounds: tuple[tuple[int, int], ...] = ()  # guest RAM regions as (start, end)
         self._memory: GuestMemory | None = None
 
     # --- configuration ----------------------------------------------------------------------------
@@ -167,6 +171,7 @@ class Queue:
         self._desc = memory.slice(self.desc_table, spec.vring_desc_table_size(self.size))
         self._avail = memory.slice(self.avail_ring, spec.vring_avail_size(self.size))
         self._used = memory.slice(self.used_ring, spec.vring_used_size(self.size))
+        self._bounds = tuple((r.gpa, r.gpa + r.size) for r in memory.regions)
         self._avail16 = self._avail.cast("B").cast("H")
         self._used16 = self._used.cast("B").cast("H")
         self.next_avail = 0
@@ -241,19 +246,29 @@ class Queue:
         return self.pop()
 
     def _read_chain(self, head: int) -> DescriptorChain:
-        memory, desc_table, _, _ = self._areas()
+        desc_table = self._desc
+        if desc_table is None:
+            raise RuntimeError("virtqueue used before initialize()")
+        bounds = self._bounds
+        size = self.size
+        unpack = _DESC.unpack_from
         descriptors: list[Descriptor] = []
         total = 0
         index = head
         while True:
-            if index >= self.size:
-                raise GuestFault(f"virtqueue descriptor index {index} is out of range (queue size {self.size})")
-            if len(descriptors) >= self.size:
+            if index >= size:
+                raise GuestFault(f"virtqueue descriptor index {index} is out of range (queue size {size})")
+            if len(descriptors) >= size:
                 raise GuestFault(f"virtqueue chain from head {head} is longer than the queue (loop?)")
-            addr, length, flags, next_index = _DESC.unpack_from(desc_table, spec.VRING_DESC_SIZE * index)
+            addr, length, flags, next_index = unpack(desc_table, 16 * index)
             if flags & spec.VRING_DESC_F_INDIRECT:
                 raise GuestFault("virtqueue indirect descriptor, but VIRTIO_RING_F_INDIRECT_DESC is not offered")
-            if not memory.contains(addr, length):
+            # inside one guest RAM region (GuestMemory.contains, inlined: this runs per buffer)
+            end = addr + length
+            for start, stop in bounds:
+                if start <= addr and end <= stop:
+                    break
+            else:
                 raise GuestFault(f"virtqueue descriptor {index} buffer {addr:#x}+{length:#x} is outside guest RAM")
             total += length
             if total > _MAX_CHAIN_BYTES:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from sparkler.devices.virtio import spec
 from sparkler.devices.virtio.block.request import Request, RequestType
@@ -30,8 +30,7 @@ class CacheType(enum.Enum):
     WRITEBACK = "Writeback"
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """How a request ended: the status byte and how many bytes went into guest buffers."""
 
     status: int
@@ -98,10 +97,17 @@ class DiskBackend:
         raise AssertionError(f"unhandled request type {request.type}")
 
     def _transfer(self, op, request: Request, memory: GuestMemory) -> int:  # noqa: ANN001 - os.preadv/pwritev
-        views = [memory.slice(gpa, length) for gpa, length in request.segments]
-        offset = request.offset
-        total = request.data_len
-        done = 0
+        segments = request.segments
+        views = [memory.slice(gpa, length) for gpa, length in segments]
+        offset = request.sector << spec.SECTOR_SHIFT
+        total = segments[0][1] if len(segments) == 1 else sum(length for _, length in segments)
+        n = op(self.fd, views, offset)
+        if n == total:  # the usual case: everything in one call
+            return n
+        if n <= 0:
+            raise _ShortTransfer
+        done = n
+        views = _advance(views, n)
         while done < total:
             n = op(self.fd, views, offset + done)
             if n <= 0:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sparkler.devices.virtio import spec
 from sparkler.devices.virtio.queue import Descriptor, DescriptorChain
@@ -37,9 +38,10 @@ class RequestType(enum.IntEnum):
     GET_ID = spec.VIRTIO_BLK_T_GET_ID
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """A valid request: what to do, where in the disk, which guest buffers, where the status goes."""
+class Request(NamedTuple):
+    """A valid request: what to do, where in the disk, which guest buffers, where the status goes.
+
+    A NamedTuple (immutable; cheap to build: one per request on the VMM thread)."""
 
     head: int
     type: RequestType
@@ -66,15 +68,20 @@ class Rejected:
     reason: str
 
 
+_TYPES = {t.value: t for t in RequestType}
+_WRITE = spec.VRING_DESC_F_WRITE
+
+
 def _all(descriptors: tuple[Descriptor, ...], writable: bool) -> bool:
-    return all(d.is_write_only == writable for d in descriptors)
+    want = _WRITE if writable else 0
+    return all(d.flags & _WRITE == want for d in descriptors)
 
 
 def parse(chain: DescriptorChain, memory: GuestMemory, capacity_sectors: int) -> Request | Rejected:
     """Turn ``chain`` into a Request, or say how to reject it."""
     descriptors = chain.descriptors
     status = descriptors[-1]
-    status_gpa = status.addr if status.is_write_only and status.len >= 1 and len(descriptors) >= 2 else None
+    status_gpa = status.addr if status.flags & _WRITE and status.len >= 1 and len(descriptors) >= 2 else None
 
     def reject(reason: str, code: int = spec.VIRTIO_BLK_S_IOERR) -> Rejected:
         return Rejected(chain.head, code, status_gpa, reason)
@@ -84,32 +91,34 @@ def parse(chain: DescriptorChain, memory: GuestMemory, capacity_sectors: int) ->
     if status_gpa is None:
         return reject("last descriptor is not a writable status byte")
     header = descriptors[0]
-    if header.is_write_only or header.len < spec.VIRTIO_BLK_OUTHDR_SIZE:
+    if header.flags & _WRITE or header.len < spec.VIRTIO_BLK_OUTHDR_SIZE:
         return reject("first descriptor is not a readable 16-byte header")
-    raw_type, _ioprio, sector = _OUTHDR.unpack(memory.read(header.addr, spec.VIRTIO_BLK_OUTHDR_SIZE))
-    try:
-        kind = RequestType(raw_type)
-    except ValueError:
+    raw_type, _ioprio, sector = _OUTHDR.unpack(memory.slice(header.addr, spec.VIRTIO_BLK_OUTHDR_SIZE))
+    kind = _TYPES.get(raw_type)
+    if kind is None:
         return reject(f"unsupported request type {raw_type}", spec.VIRTIO_BLK_S_UNSUPP)
     data = descriptors[1:-1]
-    segments = tuple((d.addr, d.len) for d in data)
-    data_len = sum(d.len for d in data)
+    if len(data) == 1:  # the common shape: one data buffer
+        segments: tuple[tuple[int, int], ...] = ((data[0].addr, data[0].len),)
+        data_len = data[0].len
+    else:
+        segments = tuple((d.addr, d.len) for d in data)
+        data_len = sum(d.len for d in data)
 
-    match kind:
-        case RequestType.IN | RequestType.OUT:
-            if not data:
-                return reject("read/write request without data")
-            if not _all(data, writable=kind is RequestType.IN):
-                return reject("data buffer has the wrong direction")
-            if data_len % spec.SECTOR_SIZE:
-                return reject(f"data length {data_len} is not a multiple of {spec.SECTOR_SIZE}")
-            if sector + (data_len >> spec.SECTOR_SHIFT) > capacity_sectors:
-                return reject(f"sectors {sector}+{data_len >> spec.SECTOR_SHIFT} are beyond the disk ({capacity_sectors})")
-        case RequestType.GET_ID:
-            if not _all(data, writable=True):
-                return reject("get-id buffer is not writable")
-            if data_len < spec.VIRTIO_BLK_ID_BYTES:
-                return reject(f"get-id buffer of {data_len} bytes is shorter than {spec.VIRTIO_BLK_ID_BYTES}")
-        case RequestType.FLUSH:
-            segments = ()  # a flush carries no data; any buffers are ignored
+    if kind is RequestType.IN or kind is RequestType.OUT:
+        if not data:
+            return reject("read/write request without data")
+        if not _all(data, writable=kind is RequestType.IN):
+            return reject("data buffer has the wrong direction")
+        if data_len % spec.SECTOR_SIZE:
+            return reject(f"data length {data_len} is not a multiple of {spec.SECTOR_SIZE}")
+        if sector + (data_len >> spec.SECTOR_SHIFT) > capacity_sectors:
+            return reject(f"sectors {sector}+{data_len >> spec.SECTOR_SHIFT} are beyond the disk ({capacity_sectors})")
+    elif kind is RequestType.GET_ID:
+        if not _all(data, writable=True):
+            return reject("get-id buffer is not writable")
+        if data_len < spec.VIRTIO_BLK_ID_BYTES:
+            return reject(f"get-id buffer of {data_len} bytes is shorter than {spec.VIRTIO_BLK_ID_BYTES}")
+    else:  # FLUSH: a flush carries no data; any buffers are ignored
+        segments = ()
     return Request(chain.head, kind, sector, segments, status_gpa)
