@@ -29,6 +29,7 @@ def arp_request(target=MMDS_IP, sender_mac=GUEST_MAC, sender_ip=GUEST_IP, oper=1
 def tcp_segment(sport, dport, seq, ack, flags, payload=b"", window=65535, mss=None, src=GUEST_IP, dst=MMDS_IP):
     options = struct.pack("!BBH", 2, 4, mss) if mss is not None else b""
     hlen = 20 + len(options)
+    seq, ack = seq % 2**32, ack % 2**32
     header = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, (hlen // 4) << 4, flags, window, 0, 0) + options
     pseudo = src + dst + struct.pack("!BBH", 0, 6, hlen + len(payload))
     checksum = csum(pseudo + header + payload)
