@@ -157,6 +157,12 @@ FLAGS: dict[str, Flag] = {
             "Enables PCIe support (all virtio devices use the PCI transport).",
             takes_value=False,
         ),
+        Flag(
+            "pvm-compat",
+            "Sparkler extension: PVM host compatibility mode for stock Linux guests (on, off, auto: on "
+            "when the host's KVM is kvm_pvm).",
+            default="auto",
+        ),
         Flag("help", "Print this help message (also -h).", takes_value=False),
     )
 }
@@ -298,7 +304,16 @@ def parse_args(argv: Sequence[str]) -> RunOptions | HelpRequest | VersionRequest
         describe_snapshot=text("describe-snapshot"),
         snapshot_version="snapshot-version" in values,
         extra_args=extra,
+        pvm_compat=_pvm_compat(text("pvm-compat")),
     )
+
+
+def _pvm_compat(value: str | None) -> str:
+    if value is None:
+        return "auto"
+    if value not in ("on", "off", "auto"):
+        raise ArgParseError(f"Invalid value for argument 'pvm-compat': '{value}'; expected one of on, off, auto.")
+    return value
 
 
 # --- texts ------------------------------------------------------------------------------------------

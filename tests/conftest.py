@@ -25,6 +25,18 @@ from sparkler.testing.probe import ProbeBuildError, Reports, build_probe, parse_
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+PVM_COMPAT_WORDS = ("noxsave", "nopv", "no-kvmclock")
+
+
+def without_pvm_compat(cmdline: str) -> str:
+    """``cmdline`` without the words the PVM compatibility mode appends (``--pvm-compat auto`` is on
+    when the host's KVM is PVM): ``clearcpuid=...``, ``noxsave``, ``nopv``, ``no-kvmclock``."""
+    words = cmdline.split()
+    while words and (words[-1] in PVM_COMPAT_WORDS or words[-1].startswith("clearcpuid=")):
+        words.pop()
+    return " ".join(words)
+
+
 def require_kvm() -> None:
     """Skip the calling test when this host has no usable /dev/kvm."""
     if not os.path.exists("/dev/kvm"):

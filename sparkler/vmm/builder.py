@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from sparkler import logger as log
-from sparkler.arch.x86_64 import boot, cpuid, interrupts, layout, loader, msr, regs
+from sparkler.arch.x86_64 import boot, cpuid, interrupts, layout, loader, msr, pvm_compat, regs
 from sparkler.arch.x86_64.cmdline import Cmdline, virtio_mmio_device
 from sparkler.config import VmmConfig
 from sparkler.devices.legacy.i8042 import I8042
@@ -63,8 +64,14 @@ def _build(config: VmmConfig, mc: Any, options: BuildOptions, cleanup: ExitStack
     kvm = kvm_system.Kvm()
     cleanup.callback(kvm.close)
     kvm.require()  # Firecracker's required capability set
-    if kvm_system.host_kind() == "pvm":
+    host = kvm_system.host_kind()
+    if host == "pvm":
         log.warn(PVM_HOST_WARNING)
+    try:
+        pvm_compat_on = pvm_compat.resolve_mode(options.pvm_compat, host)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    supported = kvm.supported_cpuid()
 
     mem_size = mc.mem_size_mib << 20
     memory = GuestMemory.create(layout.ram_regions(mem_size))
@@ -87,6 +94,15 @@ def _build(config: VmmConfig, mc: Any, options: BuildOptions, cleanup: ExitStack
             for word in spec.cmdline:
                 cmdline.insert_str(word)
             cmdline.insert_str(virtio_mmio_device(addr, gsi))
+        if pvm_compat_on:
+            additions = pvm_compat.cmdline_additions(supported, mc.vcpu_count)
+            for word in additions:
+                cmdline.insert_str(word)
+            why = "auto: host KVM is PVM" if options.pvm_compat == "auto" else "--pvm-compat on"
+            log.info(
+                f"PVM compatibility mode on ({why}): guest command line += {' '.join(additions)}; "
+                "INT3/INT n emulation failures are reflected into the guest"
+            )
     except ConfigError as e:
         raise ConfigError(f"Invalid boot arguments: {e}") from None
     boot.configure_system(memory, kernel, cmdline.as_bytes(), initrd, mc.vcpu_count)
@@ -151,7 +167,6 @@ def _build(config: VmmConfig, mc: Any, options: BuildOptions, cleanup: ExitStack
             c.close()
         raise
 
-    supported = kvm.supported_cpuid()
     vcpus: list[Vcpu] = []
     for index in range(mc.vcpu_count):
         fd = vm.create_vcpu(index)
@@ -162,7 +177,8 @@ def _build(config: VmmConfig, mc: Any, options: BuildOptions, cleanup: ExitStack
         regs.setup_fpu(fd)
         regs.setup_sregs(memory, fd)
         interrupts.set_lint(fd)
-        vcpus.append(Vcpu(index, fd, pio_bus, mmio_bus, request_exit))
+        reflect = partial(pvm_compat.reflect_soft_interrupt, fd, memory) if pvm_compat_on else None
+        vcpus.append(Vcpu(index, fd, pio_bus, mmio_bus, request_exit, reflect))
 
     machine = Machine(vm, memory, pio_bus, mmio_bus, vcpus, devices, closeables + [vm, kvm], event_handlers, loop)
     machine_ref.append(machine)

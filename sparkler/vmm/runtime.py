@@ -28,6 +28,7 @@ def build_options(options: RunOptions) -> BuildOptions:
     return BuildOptions(
         boot_timer=options.boot_timer,
         instance_id=options.instance_id,
+        pvm_compat=options.pvm_compat,
         start_wall_us=time.monotonic_ns() // 1000,
         start_cpu_us=time.process_time_ns() // 1000,
     )

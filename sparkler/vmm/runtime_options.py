@@ -69,6 +69,7 @@ class RunOptions(msgspec.Struct):
     snapshot_version: bool = False
     extra_args: tuple[str, ...] = ()
     metadata_json: str | None = None
+    pvm_compat: str = "auto"  # Sparkler extension: on | off | auto (arch/x86_64/pvm_compat.py)
 
     def __post_init__(self) -> None:
         if self.mmds_size_limit is None:
@@ -92,3 +93,7 @@ class BuildOptions(msgspec.Struct, frozen=True):
     # The VM's sparkler.mmds.imds.Mmds (data store + MMDS config + tokens), shared by the MMDS
     # network stacks of the interfaces listed in mmds-config; None when nothing made one.
     mmds: object | None = None
+    # PVM compatibility mode (arch/x86_64/pvm_compat.py): on | off | auto. The command line's
+    # default is auto; a BuildOptions made in code stays off unless asked, so library callers
+    # and builder tests see Firecracker's machine unchanged.
+    pvm_compat: str = "off"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from sparkler import logger as log
 from sparkler.host.thread_name import prctl_set_name
-from sparkler.kvm import exits
+from sparkler.kvm import exits, uapi
 from sparkler.seccomp.install import install_thread_filter
 from sparkler.vmm.bus import Bus
 
@@ -59,6 +59,7 @@ class VcpuStatistics:
     mmio_exits: int = 0
     kicks: int = 0
     failures: int = 0
+    reflected: int = 0  # INT3 / INT n reflected into the guest (PVM compatibility mode)
 
 
 class Vcpu:
@@ -71,8 +72,12 @@ class Vcpu:
         pio_bus: Bus,
         mmio_bus: Bus,
         on_exit: Callable[[int, str], None],
+        reflect_soft_interrupt: Callable[[], object] | None = None,
     ) -> None:
+        """``reflect_soft_interrupt`` (PVM compatibility mode only) is tried on every emulation
+        failure: it injects the INT3/INT n at RIP into the guest, or raises saying why not."""
         self.index = index
+        self._reflect = reflect_soft_interrupt
         self.fd = fd
         self._pio = pio_bus
         self._mmio = mmio_bus
@@ -230,7 +235,17 @@ class Vcpu:
     def _system_event(self, e: exits.SystemEvent) -> int:  # type: ignore[override]
         return self._stop(EXIT_OK, f"vCPU {self.index}: guest requested system event {e.type}")
 
-    def _internal_error(self, e: exits.InternalError) -> int:  # type: ignore[override]
+    def _internal_error(self, e: exits.InternalError) -> int | None:  # type: ignore[override]
+        refused = ""
+        if self._reflect is not None and e.suberror == uapi.KVM_INTERNAL_ERROR_EMULATION:
+            try:
+                soft = self._reflect()
+            except Exception as exc:  # noqa: BLE001 - ReflectRefused or a KVM error: report, stop
+                refused = f" (not reflected: {exc})"
+            else:
+                self.stats.reflected += 1
+                log.debug(f"vCPU {self.index}: reflected {soft.describe()} into the guest")  # type: ignore[attr-defined]
+                return None
         self.stats.failures += 1
         insn = e.insn.hex(" ") if e.insn else "none"
         regs = ""
@@ -241,7 +256,8 @@ class Vcpu:
             pass
         return self._stop(
             EXIT_ERROR,
-            f"vCPU {self.index}: KVM_EXIT_INTERNAL_ERROR suberror={e.suberror}{regs} instruction bytes: {insn}",
+            f"vCPU {self.index}: KVM_EXIT_INTERNAL_ERROR suberror={e.suberror}{regs} instruction bytes: {insn}"
+            f"{refused}",
         )
 
     def _fail_entry(self, e: exits.FailEntry) -> int:  # type: ignore[override]

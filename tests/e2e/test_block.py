@@ -7,6 +7,8 @@ import re
 
 import pytest
 
+from tests.conftest import without_pvm_compat
+
 BASE_ARGS = "console=ttyS0 reboot=k panic=1 probe.cpus=1 probe.mem_mib=128"
 
 
@@ -35,7 +37,7 @@ def test_drives_appear_on_the_guest_command_line(kvm, probe_kernel, run_vmm, tmp
     ]
     run = run_vmm(_config(probe_kernel, drives))
     _assert_clean(run)
-    line = run.reports.named("cmdline", "INFO")[0].fields["value"]
+    line = without_pvm_compat(run.reports.named("cmdline", "INFO")[0].fields["value"])
     assert line == (
         f"{BASE_ARGS} pci=off root=/dev/vda ro virtio_mmio.device=4K@0xc0001000:5 virtio_mmio.device=4K@0xc0002000:6"
     ), run.describe()

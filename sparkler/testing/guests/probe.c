@@ -11,7 +11,7 @@
  *
  * Host facts this is written for (kvm-pvm): CPL0 code is emulated at ~0.75 us per instruction while
  * CPL3 runs natively, so bulk loops (initrd checksum, page touching) run at CPL3 through run_user().
- * int3 / int n are never used; asserts are ud2.
+ * int3 / int n are never used (except by softint.c, on purpose); asserts are ud2.
  *
  * Layout: probe.h (shared declarations), probe.c (boot checks and main), virtio.{h,c} (virtio-mmio
  * discovery and a polling split virtqueue), one file per device driver (blk.c, ...) registered with
@@ -352,6 +352,9 @@ static volatile int lapic_ready;
 volatile u32 irq_expect_vector; /* a device test's interrupt vector: counted in irq_hits, not a failure */
 volatile u32 irq_hits;
 
+/* softint.c: a vector it raised on purpose with int3 / int n is recorded here and returns. */
+volatile u64 soft_expect_vec = ~0ul, soft_seen_vec = ~0ul, soft_seen_rip;
+
 void exc_handler(struct frame *f)
 {
     if (f->vec == 6 && (f->cs & 3) == 3 && f->rip == (u64)user_exit)
@@ -359,6 +362,12 @@ void exc_handler(struct frame *f)
     if (f->vec >= 32 && f->vec == irq_expect_vector) {
         irq_hits++;
         lapic_write(0xb0, 0); /* EOI */
+        return;
+    }
+    if (f->vec == soft_expect_vec) {
+        soft_seen_vec = f->vec;
+        soft_seen_rip = f->rip;
+        soft_expect_vec = ~0ul;
         return;
     }
     if (f->vec >= 32) {
