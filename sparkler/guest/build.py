@@ -2,7 +2,8 @@
 
 Cache layout (root: ``--cache``, else ``$SPARKLER_CACHE``, else ``~/.cache/sparkler/guest``)::
 
-    <root>/kernel-<key>/{vmlinux,config,build.log}
+    <root>/kernel-<key>/{vmlinux,config,System.map,build.log}
+    <root>/kernel-<profile>-<key>/...  the same for a kernel profile other than ``microvm``
     <root>/initramfs-<key>/initramfs.cpio.gz
     <root>/rootfs-<key>/rootfs.ext4
     <root>/.tmp-*                 staging and work directories of builds in progress
@@ -118,8 +119,16 @@ def _versions(*packages: str) -> list[str]:
     return [f"{p}={package_version(p) or 'missing'}" for p in packages]
 
 
-def kernel_key() -> str:
-    return cache_key("kernel", *_versions(kernel.SOURCE_PACKAGE), kernel.fragment_text())
+def kernel_key(profile: str = kernel.DEFAULT_PROFILE) -> str:
+    parts = ("kernel",) if profile == kernel.DEFAULT_PROFILE else ("kernel", profile)
+    return cache_key(*parts, *_versions(kernel.SOURCE_PACKAGE), kernel.fragment_text(profile))
+
+
+def kernel_dir_name(profile: str = kernel.DEFAULT_PROFILE) -> str:
+    """``kernel-<key>`` for the default profile, ``kernel-<profile>-<key>`` for the others."""
+    if profile == kernel.DEFAULT_PROFILE:
+        return f"kernel-{kernel_key()}"
+    return f"kernel-{profile}-{kernel_key(profile)}"
 
 
 def userspace_key(kind: str) -> str:
@@ -128,11 +137,11 @@ def userspace_key(kind: str) -> str:
     )
 
 
-def artifact_paths(cache_root: Path | None = None) -> ArtifactPaths:
-    """Paths of the artifacts for the currently installed packages and fragment."""
+def artifact_paths(cache_root: Path | None = None, profile: str = kernel.DEFAULT_PROFILE) -> ArtifactPaths:
+    """Paths of the artifacts for the currently installed packages and the ``profile`` fragment."""
     root = cache_root or default_cache_root()
     return ArtifactPaths(
-        kernel=root / f"kernel-{kernel_key()}" / KERNEL_FILE,
+        kernel=root / kernel_dir_name(profile) / KERNEL_FILE,
         initramfs=root / f"initramfs-{userspace_key('initramfs')}" / INITRAMFS_FILE,
         rootfs=root / f"rootfs-{userspace_key('rootfs')}" / ROOTFS_FILE,
     )
@@ -204,6 +213,7 @@ class BuildRequest:
     userspace: bool = True
     jobs: int = 0  # 0: os.cpu_count()
     cache_root: Path | None = None
+    profile: str = "microvm"  # kernel config profile (one of kernel.PROFILES)
 
 
 def build(request: BuildRequest, progress: Progress = print) -> ArtifactPaths:
@@ -216,15 +226,21 @@ def build(request: BuildRequest, progress: Progress = print) -> ArtifactPaths:
         packages += kernel.BUILD_PACKAGES
     if request.userspace:
         packages += rootfs.BUILD_PACKAGES
+    if request.profile not in kernel.PROFILES:
+        raise GuestBuildError(
+            f"unknown kernel profile {request.profile!r} (known: {', '.join(sorted(kernel.PROFILES))})"
+        )
     ensure_packages(packages, progress)
-    paths = artifact_paths(root)
+    paths = artifact_paths(root, request.profile)
     jobs = request.jobs or os.cpu_count() or 1
     if request.kernel:
         _build_one(
             root,
             paths.kernel,
             progress,
-            lambda staging, work: _kernel(staging, work, jobs, root / "kernel-build.log", progress),
+            lambda staging, work: _kernel(
+                staging, work, jobs, root / f"{paths.kernel.parent.name}-build.log", progress, request.profile
+            ),
         )
     if request.userspace:
         _build_one(
@@ -242,8 +258,8 @@ def build(request: BuildRequest, progress: Progress = print) -> ArtifactPaths:
     return paths
 
 
-def _kernel(staging: Path, work: Path, jobs: int, log: Path, progress: Progress) -> None:
+def _kernel(staging: Path, work: Path, jobs: int, log: Path, progress: Progress, profile: str) -> None:
     try:
-        kernel.build_kernel(staging, work, jobs, log, progress)
+        kernel.build_kernel(staging, work, jobs, log, progress, profile=profile)
     except kernel.KernelBuildError as exc:
         raise GuestBuildError(str(exc)) from exc

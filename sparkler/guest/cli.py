@@ -1,7 +1,10 @@
 """``sparkler guest``: build the Linux guest artifacts and print where they are.
 
-    sparkler guest build [--kernel-only|--rootfs-only] [--jobs N] [--cache DIR]
-    sparkler guest path [--cache DIR]     # JSON: {"kernel": ..., "initramfs": ..., "rootfs": ...}
+    sparkler guest build [--kernel-only|--rootfs-only] [--jobs N] [--cache DIR] [--profile P]
+    sparkler guest path [--cache DIR] [--profile P]  # JSON: {"kernel": ..., "initramfs": ..., "rootfs": ...}
+
+``--profile`` picks the kernel config: ``microvm`` (default) or ``pvm-test`` (trimmed for the slow
+test tier that boots a stock kernel emulated on PVM hosts).
 
 Exit codes: 0 success, 1 build failure, 2 usage error.
 """
@@ -14,6 +17,7 @@ import time
 from pathlib import Path
 
 from sparkler.guest import build as guest_build
+from sparkler.guest import kernel as guest_kernel
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +37,13 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--cache", type=Path, metavar="DIR", help="cache directory")
     path = sub.add_parser("path", help="print the artifact paths as JSON")
     path.add_argument("--cache", type=Path, metavar="DIR", help="cache directory")
+    for p in (build, path):
+        p.add_argument(
+            "--profile",
+            choices=sorted(guest_kernel.PROFILES),
+            default=guest_kernel.DEFAULT_PROFILE,
+            help="kernel config profile (default: %(default)s)",
+        )
     return parser
 
 
@@ -47,13 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits on --help (0) and usage errors (2)
         return int(exc.code or 0)
     if args.command == "path":
-        print(guest_build.artifact_paths(args.cache).as_json())
+        print(guest_build.artifact_paths(args.cache, args.profile).as_json())
         return 0
     if args.jobs < 0:
         print("sparkler guest build: --jobs must be >= 0", file=sys.stderr)
         return 2
     request = guest_build.BuildRequest(
-        kernel=not args.rootfs_only, userspace=not args.kernel_only, jobs=args.jobs, cache_root=args.cache
+        kernel=not args.rootfs_only, userspace=not args.kernel_only, jobs=args.jobs, cache_root=args.cache,
+        profile=args.profile,
     )
     started = time.monotonic()
     try:

@@ -27,6 +27,10 @@ from pathlib import Path
 SOURCE_PACKAGE = "linux-source-6.1"
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 FRAGMENT_NAME = "microvm.config"
+#: Kernel profiles: name -> config fragment (package data). ``microvm`` is the general-purpose guest;
+#: ``pvm-test`` is trimmed for the slow test tier that boots a stock kernel emulated on PVM hosts.
+DEFAULT_PROFILE = "microvm"
+PROFILES: dict[str, str] = {"microvm": FRAGMENT_NAME, "pvm-test": "pvm-test.config"}
 #: Debian packages the kernel build needs besides the source.
 BUILD_PACKAGES = (
     "linux-source-6.1",
@@ -49,9 +53,11 @@ class KernelBuildError(Exception):
     """A kernel build step failed; the message names the step (and the log to read)."""
 
 
-def fragment_text() -> str:
-    """The text of the config fragment shipped with the package."""
-    return resources.files("sparkler.guest").joinpath(FRAGMENT_NAME).read_text(encoding="utf-8")
+def fragment_text(profile: str = DEFAULT_PROFILE) -> str:
+    """The text of the config fragment of kernel ``profile`` shipped with the package."""
+    if profile not in PROFILES:
+        raise KeyError(f"unknown kernel profile {profile!r} (known: {', '.join(sorted(PROFILES))})")
+    return resources.files("sparkler.guest").joinpath(PROFILES[profile]).read_text(encoding="utf-8")
 
 
 def parse_config(text: str) -> dict[str, str]:
@@ -169,9 +175,16 @@ def build_vmlinux(tree: Path, jobs: int, log: Path, progress: Progress) -> Path:
 
 
 def build_kernel(
-    out_dir: Path, work: Path, jobs: int, log: Path, progress: Progress, tarball: Path = SOURCE_TARBALL
+    out_dir: Path,
+    work: Path,
+    jobs: int,
+    log: Path,
+    progress: Progress,
+    tarball: Path = SOURCE_TARBALL,
+    profile: str = DEFAULT_PROFILE,
 ) -> Path:
-    """Build ``vmlinux`` into ``out_dir`` (also saving ``config`` and ``build.log`` there).
+    """Build ``vmlinux`` of ``profile`` into ``out_dir`` (also saving ``config``, ``System.map``
+    and ``build.log`` there).
 
     ``work`` is scratch space that the caller deletes; ``out_dir`` is the staging directory
     that the caller publishes atomically; ``log`` (outside both, so it survives a failure)
@@ -179,9 +192,11 @@ def build_kernel(
     """
     log.write_bytes(b"")
     tree = extract_source(tarball, work, progress)
-    configure(tree, fragment_text(), log, progress)
+    configure(tree, fragment_text(profile), log, progress)
     vmlinux = build_vmlinux(tree, jobs, log, progress)
     shutil.copyfile(tree / ".config", out_dir / "config")
+    if (tree / "System.map").exists():  # symbols for RIP-sampling boot profiles
+        shutil.copyfile(tree / "System.map", out_dir / "System.map")
     shutil.copyfile(vmlinux, out_dir / "vmlinux")
     shutil.copyfile(log, out_dir / "build.log")
     return out_dir / "vmlinux"

@@ -244,7 +244,7 @@ class Vcpu:
                 refused = f" (not reflected: {exc})"
             else:
                 self.stats.reflected += 1
-                log.debug(f"vCPU {self.index}: reflected {soft.describe()} into the guest")  # type: ignore[attr-defined]
+                log.debug(f"vCPU {self.index}: PVM compatibility: {soft.describe()}")  # type: ignore[attr-defined]
                 return None
         self.stats.failures += 1
         insn = e.insn.hex(" ") if e.insn else "none"

@@ -164,7 +164,7 @@ def test_reflects_int_n_across_a_page_boundary(mem) -> None:
 def test_refuses_other_instructions_without_touching_the_vcpu(mem) -> None:
     mem.write(0x20_0000, b"\x0f\x0b")
     fd = FakeVcpu(KVA)
-    with pytest.raises(ReflectRefused, match="is 0f, not int3"):
+    with pytest.raises(ReflectRefused, match="is 0f, not int3/int n/fwait"):
         pvm_compat.reflect_soft_interrupt(fd, mem)
     assert fd.regs.rip == KVA and fd.set_events is None
 
@@ -205,3 +205,15 @@ def test_protected_mode_uses_cs_base_and_wraps_eip() -> None:
         assert fd.regs.rip == 0x6
     finally:
         mem.close()
+
+
+def test_steps_over_fwait_without_injecting(mem) -> None:
+    mem.write(0x20_0020, b"\x9b\x65")  # fpu__drop: fwait, then the next instruction
+    fd = FakeVcpu(KVA + 0x20)
+    assert pvm_compat.reflect_soft_interrupt(fd, mem) == pvm_compat.SteppedOver("fwait", 1)
+    assert fd.regs.rip == KVA + 0x21 and fd.set_events is None
+
+
+def test_decode_skip_only_fwait() -> None:
+    assert pvm_compat.decode_skip(b"\x9b") == pvm_compat.SteppedOver("fwait", 1)
+    assert pvm_compat.decode_skip(b"\xcc") is None and pvm_compat.decode_skip(b"") is None

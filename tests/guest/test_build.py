@@ -107,7 +107,7 @@ def test_cache_key_changes_with_fragment_and_version() -> None:
 def test_kernel_key_follows_fragment_text(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(build, "package_version", lambda _p: "6.1.99-1")
     first = build.kernel_key()
-    monkeypatch.setattr(kernel, "fragment_text", lambda: "CONFIG_CHANGED=y\n")
+    monkeypatch.setattr(kernel, "fragment_text", lambda profile="microvm": "CONFIG_CHANGED=y\n")
     assert build.kernel_key() != first
 
 
@@ -264,3 +264,37 @@ def test_real_build_produces_all_artifacts() -> None:
     assert paths.rootfs.stat().st_size == rootfs.ROOTFS_SIZE_MIB * 2**20
     final = kernel.parse_config((paths.kernel.parent / "config").read_text())
     assert kernel.dropped_options(kernel.parse_config(kernel.fragment_text()), final) == []
+
+
+# --- kernel profiles ---------------------------------------------------------------------------------
+def test_pvm_test_profile_has_its_own_fragment_key_and_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(build, "package_version", lambda _p: "6.1.99-1")
+    assert kernel.fragment_text("pvm-test") != kernel.fragment_text()
+    assert build.kernel_key("pvm-test") != build.kernel_key()
+    default = build.artifact_paths(tmp_path)
+    trimmed = build.artifact_paths(tmp_path, "pvm-test")
+    assert default.kernel.parent.name == f"kernel-{build.kernel_key()}"
+    assert trimmed.kernel.parent.name == f"kernel-pvm-test-{build.kernel_key('pvm-test')}"
+    assert (trimmed.initramfs, trimmed.rootfs) == (default.initramfs, default.rootfs)
+
+
+def test_pvm_test_fragment_keeps_the_tested_drivers_and_drops_slow_parts() -> None:
+    frag = kernel.parse_config(kernel.fragment_text("pvm-test"))
+    for option in ("SMP", "SERIAL_8250_CONSOLE", "VIRTIO_MMIO_CMDLINE_DEVICES", "VIRTIO_BLK", "EXT4_FS",
+                   "VIRTIO_NET", "IP_PNP", "VIRTIO_VSOCKETS", "HW_RANDOM_VIRTIO", "VIRTIO_BALLOON", "DYNAMIC_DEBUG"):
+        assert frag[f"CONFIG_{option}"] == "y", option
+    for option in ("BLK_DEV_INITRD", "LEGACY_PTYS", "VT", "INPUT", "ACPI", "PCI"):
+        assert frag[f"CONFIG_{option}"] == "n", option
+
+
+def test_unknown_profile_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(KeyError, match="unknown kernel profile"):
+        kernel.fragment_text("huge")
+    with pytest.raises(build.GuestBuildError, match="unknown kernel profile"):
+        build.build(build.BuildRequest(profile="huge", cache_root=tmp_path))
+
+
+def test_cli_path_with_profile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["path", "--cache", str(tmp_path), "--profile", "pvm-test"]) == 0
+    assert "/kernel-pvm-test-" in json.loads(capsys.readouterr().out)["kernel"]
+    assert cli.main(["path", "--profile", "huge"]) == 2

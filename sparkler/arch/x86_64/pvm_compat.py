@@ -14,6 +14,9 @@ the host's KVM is PVM. Nothing here is used on hardware-KVM hosts unless forced 
    (0xCC) or ``INT n`` (0xCD n) and stops with KVM_EXIT_INTERNAL_ERROR (suberror emulation). The
    VMM reads the instruction at RIP through the guest's page tables, moves RIP past it and injects
    the event with KVM_SET_VCPU_EVENTS, so the guest's IDT handler runs as it would on hardware.
+3. ``FWAIT`` (0x9B) at CPL0 is likewise beyond the emulator; Linux runs it in ``fpu__drop`` (every
+   exec and exit) under an exception-table entry that skips it on any fault, so the VMM steps over
+   it (RIP + 1): x87 exceptions are never unmasked in kernel code, where FWAIT is then a no-op.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ DEFAULT_MODE = "auto"
 
 OPCODE_INT3 = 0xCC
 OPCODE_INT_N = 0xCD
+OPCODE_FWAIT = 0x9B
 VECTOR_BP = 3
 VECTOR_NMI = 2
 #: Vectors 0-31 are exceptions; KVM_SET_VCPU_EVENTS refuses exception.nr > 31 (and NMI).
@@ -66,7 +70,25 @@ class SoftInterrupt:
         return self.vector < FIRST_EXTERNAL_VECTOR and self.vector != VECTOR_NMI
 
     def describe(self) -> str:
-        return "int3" if self.length == 1 else f"int {self.vector:#x}"
+        return ("int3" if self.length == 1 else f"int {self.vector:#x}") + " reflected into the guest"
+
+
+@dataclass(frozen=True)
+class SteppedOver:
+    """An instruction that is a no-op in guest kernel context and is skipped (``fwait``)."""
+
+    name: str
+    length: int
+
+    def describe(self) -> str:
+        return f"{self.name} (stepped over)"
+
+
+def decode_skip(insn: bytes) -> SteppedOver | None:
+    """The instruction at the start of ``insn`` that is stepped over, or None."""
+    if insn[:1] == bytes([OPCODE_FWAIT]):
+        return SteppedOver("fwait", 1)
+    return None
 
 
 def decode(insn: bytes) -> SoftInterrupt | None:
@@ -117,8 +139,9 @@ def _busy(events: object) -> str | None:
     return None
 
 
-def reflect_soft_interrupt(fd: object, memory: GuestMemory) -> SoftInterrupt:
-    """Reflect the ``INT3``/``INT n`` at the vCPU's RIP into the guest; raises ReflectRefused.
+def reflect_soft_interrupt(fd: object, memory: GuestMemory) -> SoftInterrupt | SteppedOver:
+    """Reflect the ``INT3``/``INT n`` at the vCPU's RIP into the guest, or step over an ``FWAIT``;
+    raises ReflectRefused (with the vCPU untouched) for anything else.
 
     ``fd`` is a :class:`sparkler.kvm.vcpu.VcpuFd` (get/set regs, sregs, vcpu events). Only CPL0
     code is handled (CPL3 runs natively and never gets here; a privilege check on the gate would
@@ -137,14 +160,19 @@ def reflect_soft_interrupt(fd: object, memory: GuestMemory) -> SoftInterrupt:
         insn = first + (read_virtual(memory, ctx, (linear + 1) & wrap, 1) if first[0] == OPCODE_INT_N else b"")
     except TranslationFault as e:
         raise ReflectRefused(f"cannot read the instruction at rip {regs.rip:#x}: {e}") from None
+    skip = decode_skip(insn)
+    if skip is not None:
+        regs.rip = (regs.rip + skip.length) & wrap
+        fd.set_regs(regs)  # type: ignore[attr-defined]
+        return skip
     soft = decode(insn)
     if soft is None:
-        raise ReflectRefused(f"instruction at rip {regs.rip:#x} is {insn.hex(' ')}, not int3/int n")
+        raise ReflectRefused(f"instruction at rip {regs.rip:#x} is {insn.hex(' ')}, not int3/int n/fwait")
     events = fd.get_vcpu_events()  # type: ignore[attr-defined]
     busy = _busy(events)
     if busy:
-        raise ReflectRefused(f"{soft.describe()} at rip {regs.rip:#x}: {busy}")
-    regs.rip = (regs.rip + soft.length) & (wrap if long64 else 0xFFFF_FFFF)
+        raise ReflectRefused(f"soft interrupt {soft.vector} at rip {regs.rip:#x}: {busy}")
+    regs.rip = (regs.rip + soft.length) & wrap
     fd.set_regs(regs)  # type: ignore[attr-defined]
     fill_events(events, soft)
     fd.set_vcpu_events(events)  # type: ignore[attr-defined]
@@ -156,8 +184,10 @@ __all__ = [
     "MODES",
     "ReflectRefused",
     "SoftInterrupt",
+    "SteppedOver",
     "cmdline_additions",
     "decode",
+    "decode_skip",
     "fill_events",
     "reflect_soft_interrupt",
     "resolve_mode",
