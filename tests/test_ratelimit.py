@@ -218,3 +218,21 @@ def test_rate_limiter_average_rate_holds_with_over_consumption(size, refill, ops
             granted += tokens
             last = tokens
         assert granted <= size + clock.now * size // (refill * MS) + last
+
+
+def test_rate_limiter_update_installs_a_new_full_bucket_and_zero_disables():
+    # PATCH /drives with a bucket: a *new, full* bucket replaces the drained one (catalog 6);
+    # a bucket with size 0 or refill_time 0 is no bucket at all.
+    clock = FakeClock()
+    limiter = RateLimiter.from_limits(ops=(5, 0, 1000), clock=clock)
+    assert all(limiter.consume(1, TokenType.OPS) for _ in range(5))
+    assert not limiter.consume(1, TokenType.OPS)  # drained: blocked until the timer
+    limiter.on_timer()
+    limiter.update_buckets(ops=TokenBucket.create(20, 0, 1000, clock()))
+    assert limiter.ops.budget == 20
+    assert all(limiter.consume(1, TokenType.OPS) for _ in range(20))
+    assert not limiter.consume(1, TokenType.OPS)
+    limiter.on_timer()
+    limiter.update_buckets(ops=TokenBucket.create(0, 0, 1000, clock()))
+    assert limiter.ops is None
+    assert all(limiter.consume(1, TokenType.OPS) for _ in range(1000))

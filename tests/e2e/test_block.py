@@ -374,3 +374,49 @@ def test_malformed_chain_breaks_the_device_and_the_vmm_keeps_serving(kvm, probe_
         assert img.read_bytes() == original
     finally:
         vmm.stop()
+
+
+def test_patch_rate_limiter_while_the_guest_is_throttled(kvm, probe_kernel, tmp_path):
+    # The guest starts 2000 requests against a 100 ops/s drive (20 s at that rate). One second in, a
+    # PATCH replaces the ops bucket with 2000 ops/s: the rest is done within a few seconds, and the
+    # metrics show the throttling before the update.
+    import json
+    import time
+
+    from sparkler.sdk.client import Client
+    from tests.e2e.test_api_boot import Vmm
+
+    disk = tmp_path / "disk.img"
+    _bench().make_disk(disk, 16)
+    n = 2000
+    args = f"{BASE_ARGS} probe.blk_bench=randread probe.blk_bs=4096 probe.blk_n={n} probe.blk_depth=32"
+    slow = {"ops": {"size": 10, "refill_time": 100}}
+    drive = {"drive_id": "rootfs", "is_root_device": True, "path_on_host": str(disk), "rate_limiter": slow}
+    cfg = tmp_path / "vm.json"
+    cfg.write_text(json.dumps({"boot-source": {"kernel_image_path": str(probe_kernel), "boot_args": args},
+                               "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}, "drives": [drive]}))
+    vmm = Vmm(tmp_path, "--config-file", str(cfg), "--metrics-path", str(tmp_path / "metrics.json"))
+    try:
+        vmm.start()
+        api = Client(vmm.sock)
+        deadline = time.monotonic() + 30
+        while "INFO blk_bench_start" not in vmm.stdout:
+            assert time.monotonic() < deadline and vmm.proc.poll() is None, vmm.describe()
+            time.sleep(0.01)
+        time.sleep(1.0)
+        api.request("PUT", "/actions", {"action_type": "FlushMetrics"})
+        before = _metric_totals(vmm.metrics_path)["block_rootfs"]
+        assert before["read_count"] < 400, before  # ~100 ops/s so far (plus the first bucket)
+        assert before["rate_limiter_throttled_events"] > 0 and before["rate_limiter_event_count"] > 0, before
+        patched = time.monotonic()
+        fast = {"ops": {"size": 200, "refill_time": 100}}
+        api.request("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "rate_limiter": fast})
+        config = json.loads(api.request("GET", "/vm/config"))
+        assert config["drives"][0]["rate_limiter"]["ops"]["size"] == 200
+        assert vmm.wait() == 0, vmm.describe()
+        rest = time.monotonic() - patched
+        # ~1700 requests at 2000 ops/s: about 1 s; at the old rate it would have been 17 s.
+        assert rest < 8, (rest, vmm.describe())
+        assert "PASS blk_bench mode=randread n=2000 " in vmm.stdout, vmm.describe()
+    finally:
+        vmm.stop()
