@@ -211,3 +211,15 @@ def test_write_report_without_matplotlib(tmp_path, monkeypatch):
     assert "matplotlib is not installed" in md
     assert "| Start → first guest instruction |" in md
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_bench_mmds_stack_runs_and_prints_rates():
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parents[2] / "bench" / "mmds_stack.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--requests", "20", "--answer-bytes", "3000"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout
+    assert out.count("requests/s") == 2, out
