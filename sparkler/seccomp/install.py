@@ -12,39 +12,41 @@ Actions: ``"allow"``, ``"trap"``, ``"log"``, ``"kill_thread"``, ``"kill_process"
 ``{"trace": N}``. Rules for one syscall are OR-ed, the ``args`` of a rule AND-ed; a ``dword`` ``eq``
 compares the low 32 bits (a masked compare), as seccompiler does. The shipped policies are
 allow-lists with ``default_action: "trap"``: a forbidden syscall raises SIGSYS, which the VMM's
-handler (``sparkler.host.signals``) turns into exit code 148 with ``seccomp.num_faults = 1``; with no
-handler installed SIGSYS kills the process (the kernel's default action), and ``dmesg``/auditd show
-the syscall number when ``"log"``/``"kill_process"`` is used instead.
+handler (``sparkler.host.signals``) turns into exit code 148 with ``seccomp.num_faults = 1`` and a log
+line naming the syscall (:func:`find_bad_syscall`); with no handler installed SIGSYS kills the
+process (the kernel's default action).
 
 How it works: ``compile_policy`` builds a libseccomp context (``seccomp_init`` with the default
 action, ``seccomp_rule_add_array`` per rule) and exports the BPF program (``seccomp_export_bpf``) as
 bytes. ``install_bpf`` loads such a program on the *calling thread only*:
-``prctl(PR_SET_NO_NEW_PRIVS, 1)`` then ``seccomp(SECCOMP_SET_MODE_FILTER, 0, &prog)`` without
-``SECCOMP_FILTER_FLAG_TSYNC`` (the kernel keeps filters per task). Threads created afterwards inherit
-their creator's filters, and filters stack (every installed filter must allow a syscall), so a
-thread started by the filtered main thread runs with vmm + its own policy; that is why ``vmm.json``
-(unlike Firecracker's) allows ``prctl(PR_SET_NAME | PR_SET_NO_NEW_PRIVS)`` and
-``seccomp(SECCOMP_SET_MODE_FILTER, 0)``: a vCPU thread started after the build can still name itself
-and add its own filter.
+``prctl(PR_SET_NO_NEW_PRIVS, 1)`` then ``seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_LOG,
+&prog)`` without ``SECCOMP_FILTER_FLAG_TSYNC`` (the kernel keeps filters per task; the LOG flag makes
+the kernel audit-log every trapped call, which is how the VMM names the syscall). Threads created
+afterwards inherit their creator's filters, and filters stack (every installed filter must allow a
+syscall), so a thread started by the filtered main thread runs with vmm + its own policy; that is why
+``vmm.json`` (unlike Firecracker's) allows ``clone``/``clone3`` (threads only: ``CLONE_THREAD``),
+``prctl(PR_SET_NAME | PR_SET_NO_NEW_PRIVS)`` and ``seccomp(SECCOMP_SET_MODE_FILTER)``.
 
-The allow-lists come from ``strace -f`` of probe boots (config file and API, pause/resume, SIGHUP)
-grouped by thread name, plus what CPython itself may call at any time (lazy imports: ``openat``,
-``newfstatat``, ``getdents64``; allocator: ``mmap``/``munmap``/``madvise``; GIL: ``futex``). They
-are permissive-but-real: names only, no argument conditions yet except the ones above (Firecracker
-also pins ioctl request numbers, mmap flags and socket families; tightening is future work, and a
-test boots the probe guest with every thread filtered to catch regressions).
+The allow-lists come from ``strace -f -X raw`` of real runs (config file and API: boot, pause/resume,
+PUT/PATCH drives, FlushMetrics, SendCtrlAltDel, SIGHUP, guest reset), taking each thread's calls
+after its ``seccomp()`` call, plus what CPython itself may do on any thread (lazy imports:
+``openat``, ``newfstatat``, ``getdents64``; allocator: ``mmap``/``munmap``/``madvise``; GIL:
+``futex``; thread exit). Argument rules: ``ioctl`` request numbers on every thread (vCPU: KVM_RUN,
+KVM_GET_REGS, KVM_GET_SREGS, KVM_IRQ_LINE, TCGETS; API: FIONBIO, TCGETS; VMM: the KVM and ``'T'``
+ioctl types), no ``PROT_EXEC`` in ``mmap``/``mprotect`` on API and vCPU threads, ``madvise`` there only
+DONTNEED/FREE, ``fcntl`` fd-flag commands, ``socket(AF_UNIX)``, ``clone(CLONE_THREAD)``.
 
-Using it from the VMM (the lead's wiring; nothing here touches ``sparkler.vmm``):
+Wiring (``sparkler.vmm``; this module imports nothing from it):
 
-* at start-up, after parsing the command line (catalog 2.3 step 7, before any thread starts):
-  ``configure(no_seccomp=options.no_seccomp, policies=None if options.seccomp_filter is None else
-  load_filter_file(options.seccomp_filter))`` -- this also compiles the three programs now, so a
-  broken policy is a start-up error (SeccompError: log it, exit 1) and threads pay one syscall;
-* ``fc_api``: ``prctl_set_name("fc_api")`` then ``install_filter("api")`` before serving requests;
-* ``fc_vcpu <n>``: ``prctl_set_name(...)`` then ``install_filter("vcpu")`` before the first KVM_RUN;
-* main thread: ``install_filter("vmm")`` right after the VM is built, before the event loop;
-* with ``--no-seccomp`` every ``install_filter`` call is a no-op (``/proc/<pid>/task/*/status``
-  then shows ``Seccomp: 0``; with filters it shows ``Seccomp: 2``).
+* start-up (catalog 2.3 step 7, ``vmm.runtime.setup_process``): ``configure(no_seccomp=...,
+  policies=None or load_filter_file(path))`` compiles the three programs, so a broken policy is a
+  start-up error (SeccompError, exit 1) and threads pay one syscall;
+* ``fc_api``: names itself, then ``install_thread_filter("api")`` before it accepts a connection;
+* ``fc_vcpu <n>``: names itself, then ``install_thread_filter("vcpu")`` before the first KVM_RUN;
+* main thread: ``install_thread_filter("vmm")`` once the machine is built and started, before the
+  event loop;
+* ``install_thread_filter`` is a no-op in a process that never called ``configure`` (in-process
+  tests) and installs nothing after ``configure(no_seccomp=True)`` (``Seccomp: 0``).
 """
 
 from __future__ import annotations
