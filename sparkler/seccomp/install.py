@@ -476,6 +476,11 @@ def find_bad_syscall(pid: int | None = None, timeout: float = 0.2, kmsg: str = "
         fd = os.open(kmsg, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    try:  # the main (VMM) thread is called ``main`` in log lines; the kernel knows its comm
+        with open(f"/proc/{pid}/comm") as f:
+            main_comm = f.read().strip()
+    except OSError:
+        main_comm = None
     found: BadSyscall | None = None
     deadline = time.monotonic() + timeout
     try:
@@ -496,8 +501,8 @@ def find_bad_syscall(pid: int | None = None, timeout: float = 0.2, kmsg: str = "
             for m in re.finditer(_AUDIT_SECCOMP, record):  # /dev/kmsg gives one record per read
                 if int(m[1]) == pid:
                     nr = int(m[4])
-                    comm = m[2] if m[2] is not None else bytes.fromhex(m[3].decode())
-                    found = BadSyscall(nr, syscall_name(nr), comm.decode(errors="replace"))
+                    comm = (m[2] if m[2] is not None else bytes.fromhex(m[3].decode())).decode(errors="replace")
+                    found = BadSyscall(nr, syscall_name(nr), "main" if comm == main_comm else comm)
     finally:
         os.close(fd)
 

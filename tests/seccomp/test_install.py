@@ -285,3 +285,42 @@ def test_violation_is_in_the_kernel_audit_log():
     if found is None and b"callbacks suppressed" in subprocess.run(["dmesg"], capture_output=True).stdout[-4000:]:
         pytest.skip("the kernel rate-limited the audit record (printk_ratelimit)")
     assert found is not None and (found.nr, found.name) == (110, "getppid")
+
+
+def test_thread_started_after_the_vmm_filter_inherits_it_and_can_stack_its_own():
+    """A thread the filtered main thread starts later (none does today) is covered: it inherits the
+    vmm filter (Seccomp: 2 from its first instruction), and the vmm policy lets it name itself and
+    add its own filter, which then also applies (getppid stays forbidden)."""
+
+    def body(w: int) -> None:
+        sc.configure()
+        assert sc.install_thread_filter("vmm")
+        seen: dict[str, object] = {}
+
+        def later() -> None:
+            seen["inherited"] = sc.seccomp_mode()
+            from sparkler.host.thread_name import prctl_set_name
+
+            prctl_set_name("fc_later")
+            seen["stacked"] = sc.install_thread_filter("vcpu")
+
+        t = threading.Thread(target=later)
+        t.start()
+        t.join()
+        os.write(w, f"{seen['inherited']} {seen['stacked']} {sc.seccomp_mode()}".encode())
+
+    status, out = _in_child(body)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, out
+    assert out == b"2 True 2"
+
+
+def test_install_thread_filter_is_a_no_op_in_a_process_that_did_not_configure():
+    def body(w: int) -> None:
+        sc._state.programs = None  # a fresh process: the fork copied whatever the parent had
+        installed = sc.install_thread_filter("vcpu")
+        os.getppid()
+        os.write(w, f"{installed} {sc.seccomp_mode()}".encode())
+
+    status, out = _in_child(body)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, out
+    assert out == b"False 0"
