@@ -32,7 +32,8 @@ PUT/PATCH drives, FlushMetrics, SendCtrlAltDel, SIGHUP, guest reset), taking eac
 after its ``seccomp()`` call, plus what CPython itself may do on any thread (lazy imports:
 ``openat``, ``newfstatat``, ``getdents64``; allocator: ``mmap``/``munmap``/``madvise``; GIL:
 ``futex``; thread exit). Argument rules: ``ioctl`` request numbers on every thread (vCPU: KVM_RUN,
-KVM_GET_REGS, KVM_GET_SREGS, KVM_IRQ_LINE, TCGETS; API: FIONBIO, TCGETS; VMM: the KVM and ``'T'``
+KVM_GET_REGS, KVM_GET_SREGS, KVM_IRQ_LINE, TCGETS, and KVM_SET_REGS/KVM_GET/SET_VCPU_EVENTS for
+the PVM compatibility mode; API: FIONBIO, TCGETS; VMM: the KVM and ``'T'``
 ioctl types), no ``PROT_EXEC`` in ``mmap``/``mprotect`` on API and vCPU threads, ``madvise`` there only
 DONTNEED/FREE, ``fcntl`` fd-flag commands, ``socket(AF_UNIX)``, ``clone(CLONE_THREAD)``.
 
