@@ -480,6 +480,9 @@ def attach_machine(metrics: Metrics, machine: Any) -> None:
         device = getattr(devices.get(group), "device", None)
         if device is not None and hasattr(device, "statistics"):
             metrics.add_source(group, statistics_source(device))
+    vsock = getattr(devices.get("vsock"), "device", None)
+    if vsock is not None and hasattr(vsock, "statistics"):
+        metrics.add_source("vsock", statistics_source(vsock))
 
 
 # --- the periodic timer ------------------------------------------------------------------------------

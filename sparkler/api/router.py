@@ -303,6 +303,17 @@ def _balloon_other(method: str) -> Callable[[list[str], bytes], A.VmmAction]:
     return parse
 
 
+def parse_put_vsock(rest: list[str], body: bytes) -> A.VmmAction:
+    """PUT /vsock (pre-boot): guest_cid and uds_path; the deprecated vsock_id is accepted."""
+    from sparkler.config.vsock import DEPRECATION, VsockConfig
+
+    if rest:
+        raise _invalid_path("PUT", "/vsock/" + "/".join(rest))
+    config: VsockConfig = _decode(body, VsockConfig)
+    deprecation = DEPRECATION if config.vsock_id is not None else None
+    return A.PutVsock(config.without_deprecated(), deprecation=deprecation)
+
+
 def _device(what: str) -> Callable[[list[str], bytes], A.VmmAction]:
     def parse(rest: list[str], body: bytes) -> A.VmmAction:
         raise _not_supported(what)
@@ -358,7 +369,7 @@ _DEVICE_ROUTES: dict[tuple[str, str], Callable[[list[str], bytes], A.VmmAction]]
     ("PUT", "pmem"): _device_with_id("Pmem devices (PUT /pmem)", "id", True),
     ("PATCH", "pmem"): _device_with_id("Pmem devices (PATCH /pmem)", "id", True),
     ("DELETE", "pmem"): _device_with_id("Pmem hot-unplug (DELETE /pmem)", "id", False),
-    ("PUT", "vsock"): _device("The vsock device (PUT /vsock)"),
+    ("PUT", "vsock"): parse_put_vsock,
     ("PUT", "balloon"): _balloon_other("PUT"),
     ("PATCH", "balloon"): _balloon_other("PATCH"),
     ("GET", "balloon"): _balloon_other("GET"),

@@ -19,13 +19,13 @@ from sparkler.config.logger import LoggerConfig
 from sparkler.config.machine import MachineConfig
 from sparkler.config.metrics import MetricsConfig
 from sparkler.config.mmds import MmdsConfig, check_interfaces
+from sparkler.config.vsock import VsockConfig
 from sparkler.errors import ConfigError
 
 # Sections of Firecracker's config file whose devices Sparkler does not provide yet. An empty value
 # (null or []) is accepted; anything else is refused with a message that names the section.
 NOT_YET_SUPPORTED = (
     "network-interfaces",
-    "vsock",
     "pmem",
     "memory-hotplug",
     "cpu-config",
@@ -39,7 +39,7 @@ class VmmConfig(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
     metrics: MetricsConfig | None = None
     drives: list[DriveConfig] | None = None
     network_interfaces: list[Any] | None = None
-    vsock: dict[str, Any] | None = None
+    vsock: VsockConfig | None = None
     balloon: BalloonConfig | None = None
     mmds_config: MmdsConfig | None = None
     entropy: EntropyConfig | None = None
@@ -54,6 +54,8 @@ class VmmConfig(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
         ordered_drives(self.drives)  # each drive valid, at most one root device
         if self.balloon is not None:
             self.balloon.validate(self.machine.mem_size_mib)
+        if self.vsock is not None:
+            self.vsock.validate()
         for section in NOT_YET_SUPPORTED:
             if getattr(self, section.replace("-", "_")):
                 raise ConfigError(f"The '{section}' section is not supported by this version of Sparkler yet.")

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from sparkler.config.metrics import MetricsConfig
     from sparkler.config.mmds import MmdsConfig
     from sparkler.config.serial import SerialConfig
+    from sparkler.config.vsock import VsockConfig
 
 # The Firecracker release whose API Sparkler speaks (GET /version, GET / vmm_version).
 FIRECRACKER_VERSION = "1.17.0-dev"
@@ -164,6 +165,13 @@ class PatchBalloonStats(msgspec.Struct, frozen=True):
     update: BalloonStatsUpdate
 
 
+class PutVsock(msgspec.Struct, frozen=True):
+    """PUT /vsock (pre-boot): create or replace the vsock device."""
+
+    config: VsockConfig
+    deprecation: str | None = None
+
+
 VmmAction = (
     GetInstanceInfo
     | GetVersion
@@ -192,6 +200,7 @@ VmmAction = (
     | GetBalloon
     | GetBalloonStats
     | PatchBalloonStats
+    | PutVsock
 )
 ACTION_TYPES = VmmAction.__args__  # type: ignore[attr-defined]
 
@@ -284,6 +293,10 @@ class BalloonConfigError(VmmActionError):
 
 class EntropyConfigError(VmmActionError):
     category = "Entropy device error"
+
+
+class VsockConfigError(VmmActionError):
+    category = "Vsock config error"
 
 
 class LoggerError(VmmActionError):

@@ -255,6 +255,7 @@ def virtio_specs(config: VmmConfig, options: BuildOptions) -> list[VirtioSpec]:
     specs: list[VirtioSpec] = []
     specs += _balloon_specs(config)
     specs += _block_specs(config)
+    specs += _vsock_specs(config)
     specs += _entropy_specs(config)
     return specs
 
@@ -289,6 +290,25 @@ def _entropy_specs(config: VmmConfig) -> list[VirtioSpec]:
         return EntropyDevice(build_rate_limiter(entropy.rate_limiter))
 
     return [VirtioSpec("entropy", create)]
+
+
+def _vsock_specs(config: VmmConfig) -> list[VirtioSpec]:
+    vsock = config.vsock
+    if vsock is None:
+        return []
+
+    def create() -> Any:
+        from sparkler.devices.virtio.vsock.device import VsockDevice
+
+        try:
+            return VsockDevice(vsock.guest_cid, vsock.uds_path)
+        except OSError as e:
+            raise ConfigError(
+                "Cannot create backend for vsock device: Error binding to the host-side Unix socket "
+                f"{vsock.uds_path}: {e.strerror} (os error {e.errno})"
+            ) from None
+
+    return [VirtioSpec("vsock", create)]
 
 
 def _block_specs(config: VmmConfig) -> list[VirtioSpec]:

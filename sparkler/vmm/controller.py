@@ -239,6 +239,8 @@ class Controller:
                 return self._swap(entropy=entropy)
             case A.PutBalloon(config=balloon):
                 return self._put_balloon(balloon)
+            case A.PutVsock(config=vsock):
+                return self._put_vsock(vsock)
         raise A.InternalVmmError(f"unknown action {type(action).__name__}")
 
     # --- MMDS ---------------------------------------------------------------------------------
@@ -293,6 +295,30 @@ class Controller:
                 f"Unable to create the virtio block device: {e.strerror} (os error {e.errno})"
             ) from None
         return self._swap(drives=drives)
+
+    def _put_vsock(self, vsock: Any) -> A.VmmData:
+        """Firecracker binds uds_path now (a path that exists already fails this request) and,
+        when a vsock is replaced, removes the old socket file first. Sparkler checks the path by
+        binding it here and leaves the socket itself to the builder, which binds it again at boot."""
+        from sparkler.devices.virtio.vsock.muxer import bind_listener
+
+        try:
+            vsock.validate()
+        except ConfigError as e:
+            raise A.VsockConfigError(str(e)) from None
+        old = self.config.vsock
+        if old is not None and old.uds_path != vsock.uds_path:
+            _unlink_quietly(old.uds_path)
+        try:
+            listener = bind_listener(vsock.uds_path)
+        except OSError as e:
+            raise A.VsockConfigError(
+                "Cannot create backend for vsock device: Error binding to the host-side Unix socket: "
+                f"{_describe(e)}"
+            ) from None
+        listener.close()
+        _unlink_quietly(vsock.uds_path)
+        return self._swap(vsock=vsock)
 
     def _patch_drive(self, update: DriveUpdate) -> A.VmmData:
         from sparkler.config.rate_limiter import build_rate_limiter
@@ -551,6 +577,13 @@ def _check_readable(path: str, what: str) -> None:
     except OSError as e:
         raise A.BootSourceError(f"{what}: {e.strerror} (os error {e.errno})") from None
     os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _close_quietly(fd: int | None) -> None:

@@ -287,7 +287,6 @@ def test_route_unknown_method_is_invalid(method):
     [
         ("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap0"}),
         ("PUT", "/pmem/p0", {"id": "p0", "path_on_host": "/x"}),
-        ("PUT", "/vsock", {"guest_cid": 3, "uds_path": "/v"}),
         ("PUT", "/snapshot/create", {"snapshot_path": "a", "mem_file_path": "b"}),
         ("PUT", "/snapshot/load", {"snapshot_path": "a"}),
         ("PUT", "/hotplug/memory", {"total_size_mib": 1024}),
