@@ -116,7 +116,7 @@ def test_refused_and_peer_closed_connections_both_sides(kvm, probe_kernel, tmp_p
             conn.close()
 
         threading.Thread(target=close_at_once, daemon=True).start()
-        server = vm.listen(1234 if False else 52)
+        server = vm.listen(52)  # probe.vsock_port defaults to 52
         done = echo_server(server, count=2)
         vm.wait_line("vsock_ready")
         host = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
