@@ -20,6 +20,8 @@ VMM keys are ``"Sparkler"`` and ``"QEMU"``, QEMU's may be absent)::
                 "kicks_per_request"}]} (each figure {"median", "min", "max", "n"})
     density     bench/density.py's run(): {"vms", "stop_reason", "rss_kib": [..], "pss_kib": [..],
                 "uss_kib": [..], "drop_per_vm_kib", "fit_all_available", "fit_above_reserve", ...}
+    vsock       {"runs", "mib", "connects", "host_to_guest_mib_s" | "guest_to_host_mib_s" | "echo_mib_s" |
+                 "connect_us": {"median", "min", "max", "n"}}   (bench/vsock_throughput.py)
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from typing import Any
 VMMS = ("Sparkler", "QEMU")
 PENDING = [
     ("Network throughput and latency (iperf3, ping)", "virtio-net is not wired into the VMM yet"),
-    ("Vsock throughput (iperf3-vsock)", "virtio-vsock is not wired into the VMM yet"),
 ]
 
 
@@ -312,6 +313,7 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str] | None = None
         L.append("")
     L += _block_section(results.get("block"), plots)
     L += _density_section(results.get("density"), plots)
+    L += vsock_section(results.get("vsock"))
 
     L += ["## Pending", ""]
     L += _table(["Benchmark", "Status"], [[a, b] for a, b in PENDING], numeric=False)
@@ -422,6 +424,25 @@ def _extra_plots(results: dict[str, Any], plt: Any, save: Any) -> None:
         ax.set_title(f"{dn['vms']} idle microVMs: start time as the machine fills")
         ax.legend(loc="upper left")
         save(fig, "density")
+def vsock_section(vs: Any) -> list[str]:
+    """Markdown for bench/vsock_throughput.py's results (Sparkler only)."""
+    L = ["## 10. Vsock throughput and connection set-up (Sparkler only)", ""]
+    if (e := _err(vs)) is not None:
+        return L + [f"Not measured: {e}", ""]
+    L += [f"From `bench/vsock_throughput.py`: the probe guest's polling vsock driver (CPL3), "
+          f"{vs.get('mib', '?')} MiB per stream, {vs.get('runs', '?')} runs (a fresh VM each); set-up latency is "
+          f"`connect()` + `CONNECT 52` until `OK <port>` over {vs.get('connects', '?')} sequential host-initiated "
+          "connections. Firecracker measures vsock with iperf3-vsock in a Linux guest, which cannot run here.", ""]
+
+    def cell(s: dict, digits: int) -> list[str]:
+        return [f"**{s['median']:.{digits}f}**", f"{s['min']:.{digits}f}", f"{s['max']:.{digits}f}"]
+
+    rows = [[label, *cell(vs[key], 1)] for key, label in (
+        ("host_to_guest_mib_s", "Host → guest MiB/s"), ("guest_to_host_mib_s", "Guest → host MiB/s"),
+        ("echo_mib_s", "Echo (both ways at once) MiB/s"))]
+    rows.append(["Connection set-up µs (host-initiated)", *cell(vs["connect_us"], 0)])
+    L += _table(["Metric", "Median", "Min", "Max"], rows)
+    return L + [""]
 
 
 # ---- plots --------------------------------------------------------------------------------------

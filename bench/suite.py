@@ -102,6 +102,12 @@ def density(max_vms: int, budget_s: float) -> dict[str, Any]:
     return dn.run(max_vms=max_vms, budget_s=budget_s)
 
 
+def vsock(quick: bool) -> dict[str, Any]:
+    import vsock_throughput
+
+    return vsock_throughput.run(quick=quick)
+
+
 def host_info() -> dict[str, Any]:
     info: dict[str, Any] = {"kernel": platform.release(), "cpus": os.cpu_count()}
     try:
@@ -177,6 +183,7 @@ def run(mode: str, out_dir: pathlib.Path) -> pathlib.Path:
         _section(results, "jailer_startup", "jailer start -> API ready", lambda: jailer_startup(p["jailer_runs"]))
     _section(results, "block", "block throughput", lambda: block_throughput(mode == "quick", p["blk_runs"]))
     _section(results, "density", "idle VM density", lambda: density(p["density_max"], p["density_budget_s"]))
+    _section(results, "vsock", "vsock throughput", lambda: vsock(mode == "quick"))
     results["meta"]["host"]["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     results["meta"]["duration_s"] = time.perf_counter() - started
     return write_report(results, out_dir)

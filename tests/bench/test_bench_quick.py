@@ -61,6 +61,10 @@ def _synthetic() -> dict:
                     "drop_per_vm_kib": 16000.0, "rss_kib": vals(19000.0, 10), "pss_kib": vals(12000.0, 10),
                     "uss_kib": vals(11500.0, 10), "boot_s": vals(0.6, 10), "cpu_ms_per_vm_s": 0.01,
                     "fit_all_available": 1400, "fit_above_reserve": 1020, "seconds": 9.0},
+        "vsock": {"runs": 2, "mib": 16, "connects": 20,
+                  **{k: report.stats(vals(c, 2)) for k, c in (("host_to_guest_mib_s", 120.0),
+                                                             ("guest_to_host_mib_s", 140.0), ("echo_mib_s", 60.0),
+                                                             ("connect_us", 340.0))}},
     }
 
 
@@ -97,6 +101,26 @@ def test_markdown_tables_from_synthetic_numbers():
             while j < len(lines) and lines[j].startswith("|"):
                 assert lines[j].count("|") == width, lines[j]
                 j += 1
+
+
+def test_markdown_vsock_section():
+    res = _synthetic()
+    md = report.render_markdown(res)
+    row = next(line for line in md.splitlines() if line.startswith("| Host → guest MiB/s |"))
+    assert f"**{res['vsock']['host_to_guest_mib_s']['median']:.1f}**" in row
+    assert "| Connection set-up µs (host-initiated) |" in md
+    res["vsock"] = {"error": "RuntimeError: no vsock"}
+    assert "Not measured: RuntimeError: no vsock" in report.render_markdown(res)
+
+
+def test_vsock_benchmark_still_runs(live):
+    import vsock_throughput
+
+    res = vsock_throughput.run(quick=True, runs=1, mib=2)
+    for key in ("host_to_guest_mib_s", "guest_to_host_mib_s", "echo_mib_s"):
+        assert res[key]["median"] > 0
+    assert res["connect_us"]["n"] == 20
+    vsock_throughput.print_table(res)
 
 
 def test_markdown_without_qemu_and_with_failed_sections():

@@ -52,7 +52,7 @@ struct vs_hdr {
 } __attribute__((packed));
 
 enum { C_FREE, C_CONNECTING, C_EST, C_CLOSING };
-enum { K_ECHO, K_STREAM, K_REFUSED, K_PEERCLOSE };
+enum { K_ECHO, K_STREAM, K_REFUSED, K_PEERCLOSE, K_SINK };
 
 struct vconn {
     u32 state, kind, lport, pport, index;
@@ -80,6 +80,7 @@ static u32 n_tx_free;
 static struct {
     u64 cid, port, nconns, bytes, timeout_ms, refused_port, close_port;
     int mode; /* 0 listen, 1 connect, 2 garbage */
+    int echo; /* probe.vsock_echo=0: listen discards, connect expects no echo (throughput benches) */
     /* results */
     u64 accepted, closed, connected, refused, peer_closed, rx_bytes, tx_bytes, bad, rsts, unexpected, timed_out;
     u64 protocol_errors, ms, status;
@@ -212,9 +213,10 @@ static void on_data(struct vconn *c, const u8 *p, u32 len)
         }
         c->head += len;
     } else {
-        for (u32 i = 0; i < len; i++)
-            if (p[i] != pattern(c->recvd + i, c->index))
-                c->bad++;
+        if (c->kind == K_STREAM)
+            for (u32 i = 0; i < len; i++)
+                if (p[i] != pattern(c->recvd + i, c->index))
+                    c->bad++;
         c->recvd += len;
         c->fwd_cnt += len;
     }
@@ -237,7 +239,7 @@ static void handle_rx(const struct vs_hdr *h, const u8 *payload, u32 used_len)
                 return;
             }
             c->state = C_EST;
-            c->kind = K_ECHO;
+            c->kind = vs.echo ? K_ECHO : K_SINK;
             c->lport = h->dst_port;
             c->pport = h->src_port;
             c->peer_buf_alloc = h->buf_alloc;
@@ -282,7 +284,7 @@ static void handle_rx(const struct vs_hdr *h, const u8 *payload, u32 used_len)
         /* the host end closed: answer RST and forget the connection */
         if (c->kind == K_PEERCLOSE)
             vs.peer_closed++;
-        else if (c->kind == K_ECHO)
+        else if (c->kind == K_ECHO || c->kind == K_SINK)
             vs.closed++;
         else
             vs.unexpected++;
@@ -358,7 +360,7 @@ static void pump_conn(struct vconn *c)
         if (send_ctl(c, 0, 0, OP_CREDIT_UPDATE, 0))
             c->credit_req = 0;
     }
-    if (c->kind == K_STREAM && c->sent == c->to_send && c->recvd == c->to_send) {
+    if (c->kind == K_STREAM && c->sent == c->to_send && (!vs.echo || c->recvd == c->to_send)) {
         if (send_ctl(c, 0, 0, OP_SHUTDOWN, SHUT_ALL))
             c->state = C_CLOSING;
     }
@@ -533,6 +535,7 @@ static void check_vsock(const char *mode)
     vs.timeout_ms = cmd_u64_or("vsock_timeout_ms", 60000);
     vs.refused_port = cmd_u64_or("vsock_refused", 0);
     vs.close_port = cmd_u64_or("vsock_close_port", 0);
+    vs.echo = cmd_u64_or("vsock_echo", 1) != 0;
     vs.next_lport = 40000;
     if (vs.nconns > MAXC)
         vs.nconns = MAXC;
@@ -554,7 +557,7 @@ static void check_vsock(const char *mode)
         call_user(user_listen, 0);
         print("INFO vsock_stats accepted=%lu closed=%lu rx_bytes=%lu tx_bytes=%lu ms=%lu unexpected=%lu\n",
               vs.accepted, vs.closed, vs.rx_bytes, vs.tx_bytes, vs.ms, vs.unexpected);
-        if (!vs.timed_out && vs.closed >= vs.nconns && vs.rx_bytes == vs.tx_bytes && !vs.protocol_errors)
+        if (!vs.timed_out && vs.closed >= vs.nconns && (!vs.echo || vs.rx_bytes == vs.tx_bytes) && !vs.protocol_errors)
             print("PASS vsock_listen conns=%lu bytes=%lu ms=%lu\n", vs.closed, vs.rx_bytes, vs.ms);
         else
             fail("vsock_listen timed_out=%lu closed=%lu rx=%lu tx=%lu protocol_errors=%lu\n", vs.timed_out,
@@ -577,7 +580,7 @@ static void check_vsock(const char *mode)
         u64 expect = vs.nconns * vs.bytes;
         print("INFO vsock_stats connected=%lu closed=%lu rx_bytes=%lu tx_bytes=%lu ms=%lu unexpected=%lu\n",
               vs.connected, vs.closed, vs.rx_bytes, vs.tx_bytes, vs.ms, vs.unexpected);
-        if (!vs.timed_out && vs.closed == vs.nconns && vs.rx_bytes == expect && vs.tx_bytes == expect && !vs.bad &&
+        if (!vs.timed_out && vs.closed == vs.nconns && vs.rx_bytes == (vs.echo ? expect : 0) && vs.tx_bytes == expect && !vs.bad &&
             !vs.protocol_errors)
             print("PASS vsock_connect conns=%lu bytes=%lu ms=%lu\n", vs.closed, expect, vs.ms);
         else
