@@ -16,7 +16,8 @@
  *            buffer), check the device still answers a REQUEST, then hand it a descriptor outside
  *            RAM and expect DEVICE_NEEDS_RESET.
  *
- * probe.vsock_timeout_ms bounds every mode (default 60000). Flow control: we advertise a 64 KiB
+ * probe.vsock_timeout_ms bounds every mode (default 60000); probe.vsock_echo=0 makes listen a sink and
+ * connect a source (benchmarks); probe.vsock_mem is where the ~17 MiB of buffers go (default 64 MiB). Flow control: we advertise a 64 KiB
  * buffer per connection (the echo ring) and never send more than the host's credit
  * (buf_alloc - (tx_cnt - fwd_cnt)). Echo data is copied into a per-connection ring (native-speed
  * copies at CPL3) so RX buffers are re-posted at once and credit updates always get through.
@@ -66,9 +67,13 @@ struct vconn {
 static u8 vs_rxq_mem[VQ_MEM_SIZE(VS_QSIZE)] __attribute__((aligned(4096)));
 static u8 vs_txq_mem[VQ_MEM_SIZE(VS_QSIZE)] __attribute__((aligned(4096)));
 static u8 vs_evq_mem[VQ_MEM_SIZE(VS_EVQSIZE)] __attribute__((aligned(4096)));
-static u8 vs_rxbuf[NRX][BUF_SIZE] __attribute__((aligned(4096), section(".noinit")));
-static u8 vs_txbuf[NTX][BUF_SIZE] __attribute__((aligned(4096), section(".noinit")));
-static u8 vs_ring[MAXC][RING] __attribute__((aligned(4096), section(".noinit")));
+/* Packet buffers and echo rings (~17 MiB) live in guest RAM at probe.vsock_mem (default 64 MiB), not in
+ * the image, so the probe still fits small guests that do not use vsock. */
+#define VS_MEM_DEFAULT (64ul * MIB)
+#define VS_MEM_SIZE ((u64)(NRX + NTX) * BUF_SIZE + 4096ul + (u64)MAXC * RING)
+static u8 (*vs_rxbuf)[BUF_SIZE];
+static u8 (*vs_txbuf)[BUF_SIZE];
+static u8 (*vs_ring)[RING];
 static u8 vs_evbuf[VS_EVQSIZE][8] __attribute__((aligned(8)));
 static struct vconn conns[MAXC];
 static struct virtio_dev vs_dev;
@@ -528,6 +533,14 @@ static void check_vsock(const char *mode)
         !vq_setup(&vs_dev, 1, &txq, vs_txq_mem, VS_QSIZE, "vsock") ||
         !vq_setup(&vs_dev, 2, &evq, vs_evq_mem, VS_EVQSIZE, "vsock") || !virtio_driver_ok(&vs_dev, "vsock"))
         return;
+    u64 mem = cmd_u64_or("vsock_mem", VS_MEM_DEFAULT) & ~4095ul;
+    if (!e820_ram_contains(mem, VS_MEM_SIZE) || !is_mapped(mem, VS_MEM_SIZE)) {
+        fail("vsock what=no_room mem=0x%lx size=%lu\n", mem, VS_MEM_SIZE);
+        return;
+    }
+    vs_rxbuf = (u8(*)[BUF_SIZE])mem;
+    vs_txbuf = (u8(*)[BUF_SIZE])(mem + (u64)NRX * BUF_SIZE);
+    vs_ring = (u8(*)[RING])((mem + (u64)(NRX + NTX) * BUF_SIZE + 4095ul) & ~4095ul);
     vs.cid = virtio_r(&vs_dev, 0x100) | ((u64)virtio_r(&vs_dev, 0x104) << 32);
     vs.port = cmd_u64_or("vsock_port", 52);
     vs.nconns = cmd_u64_or("vsock_conns", 1);
