@@ -24,7 +24,6 @@ makes us stop reading its host peer instead of buffering.
 from __future__ import annotations
 
 import collections
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -341,10 +340,8 @@ class VsockMuxer:
             if self.host is not None:
                 self.host.remove_fd(self.listener.fileno())
             self.listener.close()
-            try:
-                os.unlink(self.uds_path)
-            except OSError:
-                pass
+            # The socket file stays, as with Firecracker (and the VMM's seccomp policy has no unlink):
+            # whoever reuses the path removes it first.
 
 
 __all__ = [

@@ -318,11 +318,13 @@ def test_transport_reset_event_and_connections_dropped(rig):
     assert rig.device.muxer.conns == {}
 
 
-def test_close_removes_the_socket_file(tmp_path):
+def test_close_stops_listening_and_leaves_the_socket_file(tmp_path):
     r = VsockRig(str(tmp_path / "c.sock"))
     assert os.path.exists(r.uds_path)
     r.close()
-    assert not os.path.exists(r.uds_path)
+    assert os.path.exists(r.uds_path)  # as Firecracker: the owner removes it before reusing the path
+    with pytest.raises(ConnectionRefusedError):
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect(r.uds_path)
 
 
 def test_statistics_use_firecracker_names(rig):
