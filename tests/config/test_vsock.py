@@ -130,3 +130,16 @@ def test_builder_refuses_a_taken_uds_path(tmp_path):
     with pytest.raises(ConfigError, match="Cannot create backend for vsock device"):
         spec.create()
     holder.close()
+
+
+def test_vsock_attaches_after_block_and_before_entropy(tmp_path):
+    from sparkler.vmm.builder import virtio_specs
+
+    doc = {
+        "boot-source": {"kernel_image_path": "/k"},
+        "drives": [{"drive_id": "rootfs", "is_root_device": True, "path_on_host": "/d"}],
+        "vsock": {"guest_cid": 3, "uds_path": str(tmp_path / "v.sock")},
+        "entropy": {},
+    }
+    keys = [spec.key for spec in virtio_specs(parse_vmm_config(json.dumps(doc).encode()), None)]
+    assert keys == ["block_rootfs", "vsock", "entropy"]  # Firecracker's attach order (catalog 4.5)
