@@ -22,6 +22,7 @@ from sparkler.config.cpu_config import CpuConfig
 from sparkler.config.logger import LoggerConfig
 from sparkler.config.machine import MachineConfig, MachineConfigUpdate
 from sparkler.config.metrics import MetricsConfig
+from sparkler.config.mmds import MmdsConfig
 from sparkler.config.serial import SerialConfig
 from sparkler.config.vm import FirecrackerVersion, InstanceInfo
 
@@ -169,6 +170,22 @@ class Client:
     def put_serial(self, config: SerialConfig) -> None:
         """PUT /serial"""
         self.request("PUT", "/serial", config)
+
+    def put_mmds(self, document: Any) -> None:
+        """PUT /mmds: replace the metadata store (any JSON value)."""
+        self.request("PUT", "/mmds", msgspec.json.encode(document))
+
+    def patch_mmds(self, patch: Any) -> None:
+        """PATCH /mmds: RFC 7396 merge patch of the metadata store (None deletes a key)."""
+        self.request("PATCH", "/mmds", msgspec.json.encode(patch))
+
+    def get_mmds(self) -> Any:
+        """GET /mmds: the metadata store."""
+        return msgspec.json.decode(self.request("GET", "/mmds"))
+
+    def put_mmds_config(self, config: MmdsConfig) -> None:
+        """PUT /mmds/config (pre-boot; the interfaces must exist)."""
+        self.request("PUT", "/mmds/config", config)
 
     def pause(self) -> None:
         """PATCH /vm Paused"""
