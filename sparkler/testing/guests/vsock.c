@@ -550,7 +550,7 @@ static void check_vsock(const char *mode)
     vs.close_port = cmd_u64_or("vsock_close_port", 0);
     vs.echo = cmd_u64_or("vsock_echo", 1) != 0;
     vs.next_lport = 40000;
-    if (vs.nconns > MAXC)
+    if (vs.mode == 1 && vs.nconns > MAXC) /* connect: all at once; listen: a total, served as they come */
         vs.nconns = MAXC;
     for (u32 i = 0; i < NTX; i++)
         tx_free[i] = (u16)(NTX - 1 - i);
