@@ -314,6 +314,37 @@ def parse_put_vsock(rest: list[str], body: bytes) -> A.VmmAction:
     return A.PutVsock(config.without_deprecated(), deprecation=deprecation)
 
 
+NET_ID_MISMATCH = "The id from the path [{path}] does not match the id from the body [{body}]!"
+
+
+def _net_body(method: str, rest: list[str], body: bytes) -> str:
+    iface_id = check_resource_id(rest[0] if rest else None)
+    if len(rest) > 1:
+        raise _invalid_path(method, "/network-interfaces/" + "/".join(rest))
+    body_id = _decode(body, dict).get("iface_id")
+    if body_id != iface_id:
+        raise _Fault(NET_ID_MISMATCH.format(path=iface_id, body=body_id))
+    return iface_id
+
+
+def parse_put_network_interface(rest: list[str], body: bytes) -> A.VmmAction:
+    """PUT /network-interfaces/{iface_id}: the body's iface_id must be the path's."""
+    from sparkler.config.net import NetworkInterfaceConfig
+    from sparkler.vmm.actions import PutNetworkInterface
+
+    _net_body("PUT", rest, body)
+    return PutNetworkInterface(_decode(body, NetworkInterfaceConfig))  # type: ignore[return-value]
+
+
+def parse_patch_network_interface(rest: list[str], body: bytes) -> A.VmmAction:
+    """PATCH /network-interfaces/{iface_id} (after boot): rx/tx rate limiters."""
+    from sparkler.config.net import NetworkInterfaceUpdate
+    from sparkler.vmm.actions import PatchNetworkInterface
+
+    _net_body("PATCH", rest, body)
+    return PatchNetworkInterface(_decode(body, NetworkInterfaceUpdate))  # type: ignore[return-value]
+
+
 def _device(what: str) -> Callable[[list[str], bytes], A.VmmAction]:
     def parse(rest: list[str], body: bytes) -> A.VmmAction:
         raise _not_supported(what)
@@ -357,12 +388,8 @@ _DEVICE_ROUTES: dict[tuple[str, str], Callable[[list[str], bytes], A.VmmAction]]
     ("PUT", "drives"): parse_put_drive,
     ("PATCH", "drives"): parse_patch_drive,
     ("DELETE", "drives"): _device_with_id("Block device hot-unplug (DELETE /drives)", "drive_id", False),
-    ("PUT", "network-interfaces"): _device_with_id(
-        "Network interfaces (PUT /network-interfaces)", "iface_id", True
-    ),
-    ("PATCH", "network-interfaces"): _device_with_id(
-        "Network interfaces (PATCH /network-interfaces)", "iface_id", True
-    ),
+    ("PUT", "network-interfaces"): parse_put_network_interface,
+    ("PATCH", "network-interfaces"): parse_patch_network_interface,
     ("DELETE", "network-interfaces"): _device_with_id(
         "Network interface hot-unplug (DELETE /network-interfaces)", "iface_id", False
     ),

@@ -20,12 +20,12 @@ from sparkler.config.machine import MachineConfig
 from sparkler.config.metrics import MetricsConfig
 from sparkler.config.mmds import MmdsConfig, check_interfaces
 from sparkler.config.vsock import VsockConfig
+from sparkler.config.net import NetworkInterfaceConfig, ordered_interfaces
 from sparkler.errors import ConfigError
 
 # Sections of Firecracker's config file whose devices Sparkler does not provide yet. An empty value
 # (null or []) is accepted; anything else is refused with a message that names the section.
 NOT_YET_SUPPORTED = (
-    "network-interfaces",
     "pmem",
     "memory-hotplug",
     "cpu-config",
@@ -38,7 +38,7 @@ class VmmConfig(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
     logger: LoggerConfig | None = None
     metrics: MetricsConfig | None = None
     drives: list[DriveConfig] | None = None
-    network_interfaces: list[Any] | None = None
+    network_interfaces: list[NetworkInterfaceConfig] | None = None
     vsock: VsockConfig | None = None
     balloon: BalloonConfig | None = None
     mmds_config: MmdsConfig | None = None
@@ -56,6 +56,7 @@ class VmmConfig(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
             self.balloon.validate(self.machine.mem_size_mib)
         if self.vsock is not None:
             self.vsock.validate()
+        ordered_interfaces(self.network_interfaces)  # each interface valid, MACs unique
         for section in NOT_YET_SUPPORTED:
             if getattr(self, section.replace("-", "_")):
                 raise ConfigError(f"The '{section}' section is not supported by this version of Sparkler yet.")
@@ -67,6 +68,11 @@ class VmmConfig(msgspec.Struct, forbid_unknown_fields=True, rename="kebab"):
     def block_devices(self) -> list[DriveConfig]:
         """The drives in attach order: the root device first."""
         return ordered_drives(self.drives)
+
+    @property
+    def net_devices(self) -> list[NetworkInterfaceConfig]:
+        """The network interfaces in attach order (the order they were put)."""
+        return ordered_interfaces(self.network_interfaces)
 
     @property
     def machine(self) -> MachineConfig:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from sparkler.config.machine import MachineConfig, MachineConfigUpdate
     from sparkler.config.metrics import MetricsConfig
     from sparkler.config.mmds import MmdsConfig
+    from sparkler.config.net import NetworkInterfaceConfig, NetworkInterfaceUpdate
     from sparkler.config.serial import SerialConfig
     from sparkler.config.vsock import VsockConfig
 
@@ -131,6 +132,16 @@ class PutMmdsConfig(msgspec.Struct, frozen=True):
 
     config: MmdsConfig
     deprecation: str | None = None
+class PutNetworkInterface(msgspec.Struct, frozen=True):
+    """PUT /network-interfaces/{iface_id} (pre-boot): add or replace a virtio-net device."""
+
+    config: NetworkInterfaceConfig
+
+
+class PatchNetworkInterface(msgspec.Struct, frozen=True):
+    """PATCH /network-interfaces/{iface_id} (post-boot): replace rate-limiter buckets."""
+
+    update: NetworkInterfaceUpdate
 
 
 class PutEntropy(msgspec.Struct, frozen=True):
@@ -201,6 +212,8 @@ VmmAction = (
     | GetBalloonStats
     | PatchBalloonStats
     | PutVsock
+    | PutNetworkInterface
+    | PatchNetworkInterface
 )
 ACTION_TYPES = VmmAction.__args__  # type: ignore[attr-defined]
 
@@ -293,6 +306,14 @@ class BalloonConfigError(VmmActionError):
 
 class EntropyConfigError(VmmActionError):
     category = "Entropy device error"
+class NetworkInterfaceError(VmmActionError):
+    """Firecracker's ``NetworkInterfaceError``: the message is the detail alone."""
+
+    category = "Network config error"
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        Exception.__init__(self, detail)
 
 
 class VsockConfigError(VmmActionError):

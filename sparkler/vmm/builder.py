@@ -255,6 +255,7 @@ def virtio_specs(config: VmmConfig, options: BuildOptions) -> list[VirtioSpec]:
     specs: list[VirtioSpec] = []
     specs += _balloon_specs(config)
     specs += _block_specs(config)
+    specs += _net_specs(config, options)
     specs += _vsock_specs(config)
     specs += _entropy_specs(config)
     return specs
@@ -333,6 +334,46 @@ def _block_specs(config: VmmConfig) -> list[VirtioSpec]:
         )
         for drive in config.block_devices
     ]
+
+
+def _mmds_interfaces(config: VmmConfig) -> tuple[set[str], str | None]:
+    """The interface ids MMDS is enabled on and its IPv4 address (mmds-config; dict or model)."""
+    mc: Any = config.mmds_config
+    if not mc:
+        return set(), None
+    get = mc.get if isinstance(mc, dict) else lambda k, d=None: getattr(mc, k, d)
+    return set(get("network_interfaces") or []), get("ipv4_address") or "169.254.169.254"
+
+
+def _net_specs(config: VmmConfig, options: BuildOptions) -> list[VirtioSpec]:
+    mmds_ids, mmds_ipv4 = _mmds_interfaces(config)
+
+    def factory(iface: Any) -> Callable[[], Any]:
+        def create() -> Any:
+            from sparkler.config.rate_limiter import build_rate_limiter
+            from sparkler.devices.virtio.net.device import NetDevice
+            from sparkler.devices.virtio.net.tap import Tap
+
+            stack = None
+            mmds = getattr(options, "mmds", None)
+            if iface.iface_id in mmds_ids and mmds is not None:
+                from sparkler.mmds.ns import DEFAULT_MAC, MmdsNetworkStack
+
+                stack = MmdsNetworkStack(DEFAULT_MAC, mmds_ipv4, mmds)
+            tap = Tap.open(iface.host_dev_name)
+            return NetDevice(
+                iface.iface_id,
+                tap,
+                guest_mac=iface.mac_bytes,
+                mtu=iface.mtu,
+                rx_rate_limiter=build_rate_limiter(iface.rx_rate_limiter),
+                tx_rate_limiter=build_rate_limiter(iface.tx_rate_limiter),
+                mmds_stack=stack,
+            )
+
+        return create
+
+    return [VirtioSpec(f"net_{iface.iface_id}", factory(iface)) for iface in config.net_devices]
 
 
 class VirtioWiring:

@@ -215,6 +215,10 @@ class Controller:
                 return self._mmds_update("put", value)
             case A.PatchMmds(value=value):
                 return self._mmds_update("patch", value)
+            case A.PatchNetworkInterface(update=update) if booted:
+                return self._patch_network_interface(update)
+            case A.PatchNetworkInterface():
+                raise A.OperationNotSupportedPreBoot()
             case _ if booted:
                 raise A.OperationNotSupportedPostBoot()
             case A.PutBootSource(config=boot_source):
@@ -241,6 +245,8 @@ class Controller:
                 return self._put_balloon(balloon)
             case A.PutVsock(config=vsock):
                 return self._put_vsock(vsock)
+            case A.PutNetworkInterface(config=iface):
+                return self._put_network_interface(iface)
         raise A.InternalVmmError(f"unknown action {type(action).__name__}")
 
     # --- MMDS ---------------------------------------------------------------------------------
@@ -421,6 +427,62 @@ class Controller:
         device.set_stats_interval(interval_s)
         balloon = msgspec.structs.replace(self.config.balloon, stats_polling_interval_s=interval_s)
         return self._swap(balloon=balloon)
+    def _put_network_interface(self, iface: Any) -> A.VmmData:
+        from sparkler.config.net import insert_interface
+
+        try:
+            interfaces = insert_interface(list(self.config.network_interfaces or []), iface)
+        except ConfigError as e:
+            raise A.NetworkInterfaceError(str(e)) from None
+        # Firecracker opens the tap now, so a missing tap or missing privileges fail this request.
+        from sparkler.devices.virtio.net.tap import Tap
+
+        current = next((n for n in self.config.network_interfaces or [] if n.iface_id == iface.iface_id), None)
+        if current is None or current.host_dev_name != iface.host_dev_name:
+            try:
+                Tap.open(iface.host_dev_name).close()
+            except SparklerError as e:
+                raise A.NetworkInterfaceError(str(e)) from None
+        return self._swap(network_interfaces=interfaces)
+
+    def _patch_network_interface(self, update: Any) -> A.VmmData:
+        from sparkler.config.rate_limiter import build_rate_limiter
+        from sparkler.ratelimit import UNCHANGED, TokenBucket
+
+        transport = self.machine.devices.get(f"net_{update.iface_id}")
+        current = next((n for n in self.config.network_interfaces or [] if n.iface_id == update.iface_id), None)
+        if transport is None or current is None:
+            raise A.NetworkInterfaceError(
+                f"Failed to update the network interface: no network interface with id {update.iface_id!r}."
+            )
+        net = transport.device
+
+        def change(rl: Any) -> Any:
+            if rl is None:
+                return None  # absent: unchanged
+
+            def apply(limiter: Any) -> Any:
+                if limiter is None:
+                    return build_rate_limiter(rl)
+                now = limiter.clock()
+
+                def bucket(b: Any) -> Any:
+                    return UNCHANGED if b is None else TokenBucket.create(b.size, b.one_time_burst or 0, b.refill_time, now)
+
+                limiter.update_buckets(bucket(rl.bandwidth), bucket(rl.ops))
+                return limiter
+
+            return apply
+
+        net.update_rate_limiters(change(update.rx_rate_limiter), change(update.tx_rate_limiter))
+        changes: dict[str, Any] = {}
+        if update.rx_rate_limiter is not None:
+            changes["rx_rate_limiter"] = update.rx_rate_limiter
+        if update.tx_rate_limiter is not None:
+            changes["tx_rate_limiter"] = update.tx_rate_limiter
+        current = msgspec.structs.replace(current, **changes)
+        interfaces = [current if n.iface_id == current.iface_id else n for n in self.config.network_interfaces or []]
+        return self._swap(network_interfaces=interfaces)
 
     def _put_boot_source(self, boot_source: Any) -> A.VmmData:
         try:

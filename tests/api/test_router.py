@@ -285,7 +285,6 @@ def test_route_unknown_method_is_invalid(method):
 @pytest.mark.parametrize(
     "method, path, doc",
     [
-        ("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap0"}),
         ("PUT", "/pmem/p0", {"id": "p0", "path_on_host": "/x"}),
         ("PUT", "/snapshot/create", {"snapshot_path": "a", "mem_file_path": "b"}),
         ("PUT", "/snapshot/load", {"snapshot_path": "a"}),

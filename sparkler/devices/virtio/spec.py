@@ -1,7 +1,7 @@
 """Constants of the virtio 1.2 specification, with the Linux UAPI headers' names.
 
 From <linux/virtio_ring.h>, <linux/virtio_mmio.h>, <linux/virtio_ids.h>, <linux/virtio_config.h> and
-<linux/virtio_blk.h>; ``tests/devices/virtio/test_spec_header.py`` compiles them against the installed
+<linux/virtio_blk.h>, <linux/virtio_net.h>; ``tests/devices/virtio/test_spec_header.py`` compiles them against the installed
 headers. Layout sizes of the split virtqueue (spec 2.7) are derived here too, so no other module
 does ring arithmetic with magic numbers. Imports nothing.
 """
@@ -130,3 +130,31 @@ VIRTIO_BLK_ID_BYTES = 20
 SECTOR_SHIFT = 9
 SECTOR_SIZE = 1 << SECTOR_SHIFT  # virtio-blk sectors are always 512 bytes (spec 5.2.6)
 VIRTIO_BLK_OUTHDR_SIZE = 16  # struct virtio_blk_outhdr { le32 type; le32 ioprio; le64 sector; }
+
+# --- <linux/virtio_net.h> (spec 5.1) ---------------------------------------------------------------
+VIRTIO_NET_F_CSUM = 0
+VIRTIO_NET_F_GUEST_CSUM = 1
+VIRTIO_NET_F_CTRL_GUEST_OFFLOADS = 2
+VIRTIO_NET_F_MTU = 3
+VIRTIO_NET_F_MAC = 5
+VIRTIO_NET_F_GUEST_TSO4 = 7
+VIRTIO_NET_F_GUEST_TSO6 = 8
+VIRTIO_NET_F_GUEST_ECN = 9
+VIRTIO_NET_F_GUEST_UFO = 10
+VIRTIO_NET_F_HOST_TSO4 = 11
+VIRTIO_NET_F_HOST_TSO6 = 12
+VIRTIO_NET_F_HOST_ECN = 13
+VIRTIO_NET_F_HOST_UFO = 14
+VIRTIO_NET_F_MRG_RXBUF = 15
+VIRTIO_NET_F_STATUS = 16
+VIRTIO_NET_F_CTRL_VQ = 17
+VIRTIO_NET_F_MQ = 22
+VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
+VIRTIO_NET_HDR_F_DATA_VALID = 2
+VIRTIO_NET_HDR_GSO_NONE = 0
+VIRTIO_NET_HDR_GSO_TCPV4 = 1
+VIRTIO_NET_HDR_GSO_UDP = 3
+VIRTIO_NET_HDR_GSO_TCPV6 = 4
+VIRTIO_NET_HDR_GSO_ECN = 0x80
+VIRTIO_NET_HDR_V1_SIZE = 12  # struct virtio_net_hdr_v1 { u8 flags, gso_type; le16 hdr_len, gso_size,
+#                                  csum_start, csum_offset, num_buffers; }

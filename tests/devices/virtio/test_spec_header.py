@@ -5,13 +5,14 @@ from __future__ import annotations
 from sparkler.devices.virtio import spec
 from tests.kvm.cheader import Check, c_program, compile_and_run, mismatches
 
-HEADERS = ["linux/virtio_config.h", "linux/virtio_ring.h", "linux/virtio_mmio.h", "linux/virtio_ids.h", "linux/virtio_blk.h"]
+HEADERS = ["linux/virtio_config.h", "linux/virtio_ring.h", "linux/virtio_mmio.h", "linux/virtio_ids.h", "linux/virtio_blk.h", "linux/virtio_net.h"]
 
 # Values of the spec that the headers do not define as macros, checked against C expressions instead.
 DERIVED = {
     "VRING_DESC_SIZE": "sizeof(struct vring_desc)",
     "VRING_USED_ELEM_SIZE": "sizeof(struct vring_used_elem)",
     "VIRTIO_BLK_OUTHDR_SIZE": "sizeof(struct virtio_blk_outhdr)",
+    "VIRTIO_NET_HDR_V1_SIZE": "sizeof(struct virtio_net_hdr_v1)",
 }
 NOT_IN_HEADERS = {
     "VIRTIO_MMIO_MAGIC", "VIRTIO_MMIO_VERSION_MODERN", "VIRTIO_MMIO_SIZE", "VIRTQUEUE_MAX_SIZE",
