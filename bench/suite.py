@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import pathlib
 import platform
@@ -108,6 +109,16 @@ def vsock(quick: bool) -> dict[str, Any]:
     return vsock_throughput.run(quick=quick)
 
 
+def net_throughput(quick: bool) -> dict[str, Any]:
+    """bench/net_throughput.py (needs root): the virtio-net device path on a real tap."""
+    with tempfile.TemporaryDirectory(prefix="sparkler-net-") as tmp:
+        out = pathlib.Path(tmp) / "net.json"
+        _run_script("net_throughput.py", [*(["--quick"] if quick else []), "--json", str(out)], timeout=600)
+        if not out.exists():
+            raise RuntimeError("skipped: needs root, iproute2 and /dev/net/tun")
+        return json.loads(out.read_text())
+
+
 def host_info() -> dict[str, Any]:
     info: dict[str, Any] = {"kernel": platform.release(), "cpus": os.cpu_count()}
     try:
@@ -184,6 +195,7 @@ def run(mode: str, out_dir: pathlib.Path) -> pathlib.Path:
     _section(results, "block", "block throughput", lambda: block_throughput(mode == "quick", p["blk_runs"]))
     _section(results, "density", "idle VM density", lambda: density(p["density_max"], p["density_budget_s"]))
     _section(results, "vsock", "vsock throughput", lambda: vsock(mode == "quick"))
+    _section(results, "net", "virtio-net throughput", lambda: net_throughput(mode == "quick"))
     results["meta"]["host"]["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     results["meta"]["duration_s"] = time.perf_counter() - started
     return write_report(results, out_dir)

@@ -19,8 +19,8 @@ from sparkler.config.logger import LoggerConfig
 from sparkler.config.machine import MachineConfig
 from sparkler.config.metrics import MetricsConfig
 from sparkler.config.mmds import MmdsConfig, check_interfaces
-from sparkler.config.vsock import VsockConfig
 from sparkler.config.net import NetworkInterfaceConfig, ordered_interfaces
+from sparkler.config.vsock import VsockConfig
 from sparkler.errors import ConfigError
 
 # Sections of Firecracker's config file whose devices Sparkler does not provide yet. An empty value

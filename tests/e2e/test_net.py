@@ -42,9 +42,10 @@ class Vmm:
         }
         cfg = tmp_path / "vmm.json"
         cfg.write_text(json.dumps(config))
-        self.metrics = tmp_path / "metrics.fifo"
+        self.metrics = tmp_path / "metrics.json"
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "sparkler", "--no-api", "--config-file", str(cfg)]
+        cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "sparkler", "--no-api", "--config-file", str(cfg),
+               "--metrics-path", str(self.metrics)]
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, start_new_session=True)
         self.lines: list[str] = []
@@ -206,6 +207,12 @@ def test_ping_raw_frames_and_tcp_echo_through_the_guest(net_vm):
     assert not reports.fails and reports.passed("net_serve"), vmm.describe()
     fields = reports.named("net_serve")[0].fields
     assert int(fields["icmp"]) >= 3 and int(fields["arp"]) >= 1 and int(fields["echo"]) == 2
+    # per-interface metrics (Firecracker's names), summed over every flush, and the aggregate
+    lines = [json.loads(line) for line in vmm.metrics.read_text().splitlines() if line.strip()]
+    total = {k: sum(m["net_eth0"][k] for m in lines) for k in ("rx_packets_count", "tx_packets_count", "rx_bytes_count")}
+    assert total["rx_packets_count"] >= int(fields["rx"]) and total["tx_packets_count"] >= int(fields["tx"])
+    assert sum(m["net"]["tx_packets_count"] for m in lines) == total["tx_packets_count"]
+    assert total["rx_bytes_count"] > 1500
 
 
 def _echo_rate(ns: str, tap: str, frame_len: int, send_pps: int, seconds: float) -> float:

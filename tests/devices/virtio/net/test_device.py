@@ -245,3 +245,45 @@ def test_reset_forgets_cached_rx_buffers():
     r.mmio.write32(spec.VIRTIO_MMIO_STATUS, 0)
     assert r.device._rx_slots == type(r.device._rx_slots)()
     r.close()
+
+
+def test_real_mmds_stack_answers_arp_and_http_without_touching_the_tap():
+    """The device with sparkler.mmds.ns.MmdsNetworkStack: ARP for the MMDS address and a TCP
+    handshake + HTTP GET from the guest are answered through the RX queue; the tap sees nothing."""
+    from sparkler.mmds import pdu
+    from sparkler.mmds.imds import Mmds
+    from sparkler.mmds.ns import DEFAULT_MAC, MmdsNetworkStack
+
+    mmds = Mmds()
+    mmds.store.put({"latest": {"meta-data": {"ami-id": "ami-1"}}})
+    stack = MmdsNetworkStack(DEFAULT_MAC, "169.254.169.254", mmds)
+    r = NetRig(features=SIMPLE, mmds_stack=stack)
+    guest_ip, mmds_ip = bytes([10, 0, 0, 2]), bytes([169, 254, 169, 254])
+    try:
+        r.add_rx(2048, 16)
+        arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, MAC, guest_ip, bytes(6), mmds_ip)
+        r.send(frame(arp, dst=b"\xff" * 6, ethertype=0x0806))
+        got = [g[HDR:] for g in r.received()]
+        assert len(got) == 1 and got[0][:6] == MAC and got[0][6:12] == DEFAULT_MAC
+        assert got[0][14 + 8 : 14 + 18] == DEFAULT_MAC + mmds_ip  # sender = the MMDS
+
+        def tcp(flags, seq, ack, payload=b""):
+            seg = struct.pack("!HHIIBBHHH", 40000, 80, seq, ack, 5 << 4, flags, 65535, 0, 0) + payload
+            csum = pdu.tcp_checksum(guest_ip, mmds_ip, seg)
+            seg = seg[:16] + struct.pack("!H", csum) + seg[18:]
+            ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(seg), 1, 0x4000, 64, 6, 0, guest_ip, mmds_ip)
+            ip = ip[:10] + struct.pack("!H", pdu.internet_checksum(ip)) + ip[12:]
+            return DEFAULT_MAC + MAC + b"\x08\x00" + ip + seg
+
+        r.send(tcp(0x02, 1000, 0))  # SYN
+        synack = [g[HDR:] for g in r.received()]
+        assert len(synack) == 1 and synack[0][14 + 20 + 13] & 0x12 == 0x12
+        isn = struct.unpack("!I", synack[0][14 + 20 + 4 : 14 + 20 + 8])[0]
+        request = b"GET /latest/meta-data/ami-id HTTP/1.1\r\nHost: x\r\n\r\n"
+        r.send(tcp(0x10, 1001, isn + 1))
+        r.send(tcp(0x18, 1001, isn + 1, request))
+        answers = b"".join(g[HDR + 14 + 20 + 20 :] for g in r.received())
+        assert b"200" in answers and answers.endswith(b"ami-1")
+        assert r.tap.host_recv_all() == []
+    finally:
+        r.close()
