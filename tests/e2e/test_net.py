@@ -33,19 +33,23 @@ PROBE_TYPE = (0x88B5).to_bytes(2, "big")
 class Vmm:
     """The VMM in the namespace, its serial output collected line by line."""
 
-    def __init__(self, ns: str, kernel: Path, tmp_path: Path, iface: dict, net_ms: int = 60000) -> None:
+    def __init__(
+        self, ns: str, kernel: Path, tmp_path: Path, iface: dict, net_ms: int = 60000,
+        extra_args: str = "", extra_config: dict | None = None, vmm_args: tuple[str, ...] = (),
+    ) -> None:
         args = f"console=ttyS0 reboot=k panic=1 probe.cpus=1 probe.net=serve probe.net_ip={GUEST_IP} probe.net_ms={net_ms}"
         config = {
-            "boot-source": {"kernel_image_path": str(kernel), "boot_args": args},
+            "boot-source": {"kernel_image_path": str(kernel), "boot_args": f"{args} {extra_args}".strip()},
             "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
             "network-interfaces": [iface],
+            **(extra_config or {}),
         }
         cfg = tmp_path / "vmm.json"
         cfg.write_text(json.dumps(config))
         self.metrics = tmp_path / "metrics.json"
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
         cmd = ["ip", "netns", "exec", ns, sys.executable, "-m", "sparkler", "--no-api", "--config-file", str(cfg),
-               "--metrics-path", str(self.metrics)]
+               "--metrics-path", str(self.metrics), *vmm_args]
         self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, start_new_session=True)
         self.lines: list[str] = []
@@ -265,3 +269,32 @@ def test_rate_limiter_holds_the_frame_rate_within_10_percent(net_vm, direction):
     stop(ns, tap)
     vmm.wait_exit()
     assert abs(rate - expected) <= 0.1 * expected, f"{rate:.1f} frames/s, expected {expected:.1f}\n" + vmm.describe()
+
+
+@pytest.mark.parametrize("version", ["V1", "V2"])
+def test_mmds_answers_the_guest_with_the_token_rules(net_vm, tmp_path, version):
+    """The probe's MMDS client (ARP + HTTP over TCP from inside the guest) against the real MMDS."""
+    metadata = tmp_path / "metadata.json"
+    metadata.write_text(json.dumps({"latest": {"meta-data": {"ami-id": "ami-1"}}}))
+    ns, tap, vmm = net_vm(
+        extra_args="probe.net_mmds=1",
+        extra_config={"mmds-config": {"network_interfaces": ["eth0"], "version": version}},
+        vmm_args=("--metadata", str(metadata)),
+    )
+    stop(ns, tap)
+    assert vmm.wait_exit() == 0, vmm.describe()
+    reports = vmm.reports()
+    assert not reports.fails and reports.passed("mmds_arp"), vmm.describe()
+    got = {name: reports.named(name)[0].fields for name in
+           ("mmds_token", "mmds_get_token", "mmds_get_no_token", "mmds_get_bad_token", "mmds_get_json")}
+    assert got["mmds_token"]["status"] == "200" and int(got["mmds_token"]["len"]) > 20, vmm.describe()
+    assert (got["mmds_get_token"]["status"], got["mmds_get_token"]["body"]) == ("200", "ami-1"), vmm.describe()
+    if version == "V2":
+        for name in ("mmds_get_no_token", "mmds_get_bad_token", "mmds_get_json"):
+            assert got[name]["status"] == "401", vmm.describe()
+    else:
+        assert (got["mmds_get_no_token"]["status"], got["mmds_get_no_token"]["body"]) == ("200", "ami-1")
+        assert got["mmds_get_bad_token"]["status"] == "200"
+        assert got["mmds_get_json"]["status"] == "200"
+        body = got["mmds_get_json"]["body"].replace("'", '"')  # the probe prints quotes as '
+        assert json.loads(body) == {"meta-data": {"ami-id": "ami-1"}}

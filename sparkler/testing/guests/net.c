@@ -6,6 +6,9 @@
  *   - ICMP echo requests to net_ip are answered (host `ping` works);
  *   - TCP to port 7: a one-connection echo responder (SYN -> SYN|ACK, in-order data echoed back, FIN
  *     answered with FIN|ACK, anything else RST);
+ *   - with probe.net_mmds=1, first an MMDS client: ARP for 169.254.169.254, then HTTP over TCP port 80
+ *     (PUT /latest/api/token, GET with the token, without it, with a bad one, GET /latest as JSON),
+ *     each answer printed as "INFO mmds_<what> status=N body=\"...\"";
  *   - frames of the local experimental ethertype 0x88b5 are echoed back byte for byte with the MAC
  *     addresses swapped (raw frames both ways, intact); one whose payload starts "STOP" ends serving.
  * Serving also ends after probe.net_ms milliseconds (default 30000). Prints
@@ -302,6 +305,251 @@ static int on_frame(const u8 *f, u32 len)
     return 0;
 }
 
+/* --- probe.net_mmds=1: an HTTP client for the MMDS (before serving) ------------------------------ */
+static const u8 mmds_ip[4] = {169, 254, 169, 254};
+static u8 mmds_mac[6];
+static char http_resp[4096];
+static u32 http_len;
+static struct {
+    u16 port;
+    u32 snd_nxt, rcv_nxt;
+    int state; /* 0 closed, 1 syn sent, 2 established, 3 done */
+} cli;
+
+/* build and send a TCP segment from the client to the MMDS */
+static void cli_send(u8 flags, const u8 *data, u32 n)
+{
+    u8 *o = tx_frame();
+    memcpy(o, mmds_mac, 6);
+    memcpy(o + 6, my_mac, 6);
+    put16(o + 12, ETHERTYPE_IP);
+    u8 *ip = o + ETH_HLEN;
+    u8 fake_in[20];
+    memcpy(fake_in + 12, mmds_ip, 4); /* ip_reply sends to the "sender" of fake_in */
+    ip_reply(ip, fake_in, 6, 20 + n);
+    u8 *t = ip + 20;
+    put16(t, cli.port);
+    put16(t + 2, 80);
+    put32(t + 4, cli.snd_nxt);
+    put32(t + 8, cli.rcv_nxt);
+    t[12] = 5 << 4;
+    t[13] = flags;
+    put16(t + 14, 4096);
+    put16(t + 16, 0);
+    put16(t + 18, 0);
+    if (n)
+        memcpy(t + 20, data, n);
+    u8 pseudo[12];
+    memcpy(pseudo, ip + 12, 8);
+    pseudo[8] = 0;
+    pseudo[9] = 6;
+    put16(pseudo + 10, (u16)(20 + n));
+    put16(t + 16, fold(sum_of(pseudo, 12) + sum_of(t, 20 + n)));
+    tx_send(ETH_HLEN + 40 + n);
+}
+
+/* one received frame while a client exchange runs */
+static void cli_frame(const u8 *f, u32 len)
+{
+    if (len < ETH_HLEN + 20)
+        return;
+    u16 type = get16(f + 12);
+    const u8 *p = f + ETH_HLEN;
+    if (type == ETHERTYPE_ARP && len >= ETH_HLEN + 28 && get16(p + 6) == 2 && same(p + 14, mmds_ip, 4)) {
+        memcpy(mmds_mac, p + 8, 6);
+        return;
+    }
+    if (type != ETHERTYPE_IP || p[9] != 6 || !same(p + 12, mmds_ip, 4))
+        return;
+    u32 ihl = (u32)(p[0] & 15) * 4, total = get16(p + 2);
+    if (total < ihl + 20 || ETH_HLEN + total > len)
+        return;
+    const u8 *t = p + ihl;
+    u32 off = (u32)(t[12] >> 4) * 4;
+    if (get16(t + 2) != cli.port || total < ihl + off)
+        return;
+    u8 flags = t[13];
+    u32 seq = get32(t + 4), n = total - ihl - off;
+    if (flags & TCP_RST) {
+        cli.state = 3;
+        return;
+    }
+    if (cli.state == 1 && (flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)) {
+        cli.rcv_nxt = seq + 1;
+        cli.state = 2;
+        return;
+    }
+    if (cli.state != 2)
+        return;
+    if (n && seq == cli.rcv_nxt) {
+        u32 room = sizeof(http_resp) - 1 - http_len, take = n < room ? n : room;
+        memcpy(http_resp + http_len, t + off, take);
+        http_len += take;
+        http_resp[http_len] = 0;
+        cli.rcv_nxt += n;
+        cli_send(TCP_ACK, 0, 0);
+    }
+    if (flags & TCP_FIN) {
+        cli.rcv_nxt++;
+        cli_send(TCP_ACK | TCP_FIN, 0, 0);
+        cli.state = 3;
+    }
+}
+
+/* serve RX frames to cli_frame until `done()` or `ms` pass; returns done() */
+static int cli_wait(int (*done)(void), u32 ms)
+{
+    u32 start = clock_now();
+    u64 spins = 0;
+    while (!done()) {
+        u32 id, len;
+        if (vq_poll(&rxq, &id, &len)) {
+            if (id < NET_QSIZE && len >= NET_HDR && len <= NET_BUF)
+                cli_frame(rx_bufs[id] + NET_HDR, len - NET_HDR);
+            if (id < NET_QSIZE) {
+                rx_post((u16)id);
+                vq_kick(&rxq);
+            }
+            tx_reclaim();
+            continue;
+        }
+        cpu_relax();
+        if ((++spins & 255) == 0 && ms_since(start) > ms)
+            return 0;
+    }
+    return 1;
+}
+
+static int have_mac(void) { return mmds_mac[0] | mmds_mac[1] | mmds_mac[2] | mmds_mac[3] | mmds_mac[4] | mmds_mac[5]; }
+static int established(void) { return cli.state >= 2; }
+
+static const char *find(const char *hay, const char *needle)
+{
+    for (; *hay; hay++) {
+        u32 i = 0;
+        while (needle[i] && hay[i] && (hay[i] | 0x20) == (needle[i] | 0x20))
+            i++;
+        if (!needle[i])
+            return hay;
+    }
+    return 0;
+}
+
+static int response_complete(void)
+{
+    if (cli.state == 3)
+        return 1;
+    const char *end = find(http_resp, "\r\n\r\n");
+    if (!end)
+        return 0;
+    const char *cl = find(http_resp, "content-length:");
+    u64 want = 0;
+    if (cl) {
+        cl += 15;
+        while (*cl == ' ')
+            cl++;
+        while (*cl >= '0' && *cl <= '9')
+            want = want * 10 + (u64)(*cl++ - '0');
+    }
+    return (u64)(http_resp + http_len - (end + 4)) >= want;
+}
+
+/* one HTTP request on a fresh connection; returns the status code (0: no answer) and leaves the
+ * body in *body */
+static u32 http_request(const char *request, const char **body)
+{
+    static u16 next_port = 40000;
+    cli.port = next_port++;
+    cli.snd_nxt = 0x20000000u + cli.port;
+    cli.rcv_nxt = 0;
+    cli.state = 1;
+    http_len = 0;
+    http_resp[0] = 0;
+    cli_send(TCP_SYN, 0, 0);
+    cli.snd_nxt++;
+    if (!cli_wait(established, 5000))
+        return 0;
+    cli_send(TCP_ACK, 0, 0);
+    u32 n = (u32)strlen_(request);
+    cli_send(TCP_ACK | TCP_PSH, (const u8 *)request, n);
+    cli.snd_nxt += n;
+    cli_wait(response_complete, 5000);
+    cli_send(TCP_RST | TCP_ACK, 0, 0);
+    cli.state = 0;
+    const char *end = find(http_resp, "\r\n\r\n");
+    *body = end ? end + 4 : "";
+    u32 status = 0;
+    if (http_len > 12 && http_resp[0] == 'H')
+        for (u32 i = 9; i < 12; i++)
+            status = status * 10 + (u32)(http_resp[i] - '0');
+    return status;
+}
+
+/* print a body as a quoted report value (newlines become '|', quotes dropped) */
+static void print_body(const char *name, u32 status, const char *body)
+{
+    static char clean[256];
+    u32 i = 0;
+    for (; body[i] && i < sizeof(clean) - 1; i++)
+        clean[i] = body[i] == '\n' ? '|' : body[i] == '"' ? '\'' : body[i];
+    clean[i] = 0;
+    print("INFO %s status=%u body=\"%s\"\n", name, status, clean);
+}
+
+static void mmds_client(void)
+{
+    /* who-has 169.254.169.254 */
+    u8 *o = tx_frame();
+    memset(o, 0xff, 6);
+    memcpy(o + 6, my_mac, 6);
+    put16(o + 12, ETHERTYPE_ARP);
+    u8 *a = o + ETH_HLEN;
+    put16(a, 1);
+    put16(a + 2, ETHERTYPE_IP);
+    a[4] = 6;
+    a[5] = 4;
+    put16(a + 6, 1);
+    memcpy(a + 8, my_mac, 6);
+    memcpy(a + 14, my_ip, 4);
+    memset(a + 18, 0, 6);
+    memcpy(a + 24, mmds_ip, 4);
+    tx_send(ETH_HLEN + 28);
+    if (!cli_wait(have_mac, 5000)) {
+        fail("mmds_arp what=no_reply\n");
+        return;
+    }
+    print("PASS mmds_arp mac=%x:%x:%x:%x:%x:%x\n", mmds_mac[0], mmds_mac[1], mmds_mac[2], mmds_mac[3],
+          mmds_mac[4], mmds_mac[5]);
+    const char *body;
+    static char token[128];
+    u32 st_tok = http_request("PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\nX-metadata-token-ttl-seconds: 60\r\n\r\n", &body);
+    u32 i = 0;
+    for (; body[i] && body[i] != '\r' && body[i] != '\n' && i < sizeof(token) - 1; i++)
+        token[i] = body[i];
+    token[i] = 0;
+    print("INFO mmds_token status=%u len=%u\n", st_tok, i);
+    static char req[512];
+    const char *get = "GET /latest/meta-data/ami-id HTTP/1.1\r\nHost: 169.254.169.254\r\nAccept: text/plain\r\n";
+    u32 n = (u32)strlen_(get);
+    memcpy(req, get, n);
+    memcpy(req + n, "X-metadata-token: ", 18);
+    n += 18;
+    memcpy(req + n, token, i);
+    n += i;
+    memcpy(req + n, "\r\n\r\n", 5);
+    u32 status = http_request(req, &body);
+    print_body("mmds_get_token", status, body);
+    status = http_request("GET /latest/meta-data/ami-id HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n", &body);
+    print_body("mmds_get_no_token", status, body);
+    status = http_request(
+        "GET /latest/meta-data/ami-id HTTP/1.1\r\nHost: 169.254.169.254\r\nX-metadata-token: bogus\r\n\r\n", &body);
+    print_body("mmds_get_bad_token", status, body);
+    status = http_request("GET /latest HTTP/1.1\r\nHost: 169.254.169.254\r\nAccept: application/json\r\n"
+                          "X-metadata-token: bogus\r\n\r\n",
+                          &body);
+    print_body("mmds_get_json", status, body);
+}
+
 static int parse_ip(const char *s, u8 out[4])
 {
     if (!s)
@@ -343,6 +591,8 @@ static void serve_net(const char *mode)
     for (u16 i = 0; i < NET_QSIZE; i++)
         rx_post(i);
     vq_kick(&rxq);
+    if (cmd_is("net_mmds", "1"))
+        mmds_client();
     print("INFO net_ready mac=%x:%x:%x:%x:%x:%x ip=%u.%u.%u.%u features=0x%lx\n", my_mac[0], my_mac[1],
           my_mac[2], my_mac[3], my_mac[4], my_mac[5], my_ip[0], my_ip[1], my_ip[2], my_ip[3],
           net_dev.features);
