@@ -79,6 +79,7 @@ def insert_interface(interfaces: list[NetworkInterfaceConfig], new: NetworkInter
     new.validate()
     if new.guest_mac is not None:
         mac = parse_mac(new.guest_mac)
+        new = msgspec.structs.replace(new, guest_mac=format_mac(mac))  # reported as Firecracker does
         for other in interfaces:
             if other.iface_id != new.iface_id and other.guest_mac is not None and parse_mac(other.guest_mac) == mac:
                 raise ConfigError(MAC_IN_USE.format(mac=new.guest_mac))

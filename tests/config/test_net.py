@@ -39,10 +39,11 @@ def test_bad_mac_is_refused(bad):
 def test_duplicate_mac_is_refused_with_firecrackers_message():
     first = [iface(mac="06:00:AC:10:00:02")]
     with pytest.raises(ConfigError) as info:
-        insert_interface(first, iface("eth1", "tap1", mac="06:00:ac:10:00:02"))
+        insert_interface(first, iface("eth1", "tap1", mac="06:00:AC:10:00:02"))
     assert str(info.value) == "The MAC address is already in use: 06:00:ac:10:00:02"
     # the same id again replaces, in place
-    assert insert_interface(first, iface(tap="tap9", mac="06:00:AC:10:00:02"))[0].host_dev_name == "tap9"
+    replaced = insert_interface(first, iface(tap="tap9", mac="06:00:AC:10:00:02"))
+    assert [(n.host_dev_name, n.guest_mac) for n in replaced] == [("tap9", "06:00:ac:10:00:02")]
 
 
 def test_same_tap_twice_is_refused():
