@@ -18,9 +18,11 @@ from sparkler.config.logger import LoggerConfig
 from sparkler.config.machine import MachineConfig
 from sparkler.config.metrics import MetricsConfig
 from sparkler.config.mmds import MmdsConfig
+from sparkler.config.net import NetworkInterfaceConfig, NetworkInterfaceUpdate
 from sparkler.config.rate_limiter import RateLimiterConfig
 from sparkler.config.serial import SerialConfig, TokenBucketConfig
 from sparkler.config.vm import VmStateUpdate
+from sparkler.config.vsock import VsockConfig
 
 from . import yaml_subset
 
@@ -48,11 +50,20 @@ MODELS = {
     "EntropyDevice": EntropyConfig,
     "Drive": DriveConfig,
     "PartialDrive": DriveUpdate,
+    "NetworkInterface": NetworkInterfaceConfig,
+    "PartialNetworkInterface": NetworkInterfaceUpdate,
+    "Vsock": VsockConfig,
     "RateLimiter": RateLimiterConfig,
 }
 
 # Per-ID device endpoints the router serves (not stubs), as (method, documented path).
-DEVICE_ENDPOINTS = {("PUT", "/drives/{drive_id}"), ("PATCH", "/drives/{drive_id}")}
+DEVICE_ENDPOINTS = {
+    ("PUT", "/drives/{drive_id}"),
+    ("PATCH", "/drives/{drive_id}"),
+    ("PUT", "/network-interfaces/{iface_id}"),
+    ("PATCH", "/network-interfaces/{iface_id}"),
+    ("PUT", "/vsock"),
+}
 
 
 @pytest.fixture(scope="module")
