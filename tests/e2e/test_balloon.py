@@ -98,7 +98,49 @@ def test_balloon_inflate_drops_rss_stats_round_trip_and_deflate(kvm, probe_kerne
         vmm.stop()
 
 
-def test_balloon_malformed_requests_never_crash_the_vmm(kvm, probe_kernel, run_vmm):
+def test_free_page_reporting_drops_rss(kvm, probe_kernel, tmp_path):
+    from sparkler.sdk import MicroVM
+    from tests.e2e.test_api_boot import Vmm
+
+    vmm = Vmm(tmp_path, "--metrics-path", str(tmp_path / "metrics.json"))
+    try:
+        with MicroVM(vmm.sock) as vm:
+            vmm.start()
+            vm.api.request("PUT", "/balloon", {"amount_mib": 0, "deflate_on_oom": False, "free_page_reporting": True})
+            boot_args = f"{BASE_ARGS} probe.mem_mib={MEM_MIB} probe.balloon={TOUCH_MIB} probe.balloon_report=1"
+            vm.configure(str(probe_kernel), boot_args=boot_args, vcpus=1, mem_mib=MEM_MIB)
+            vm.start()
+            _wait_for(vmm, r"INFO balloon_touched")
+            time.sleep(0.3)
+            before = _rss_kib(vmm.proc.pid)
+            vm.api.request("PATCH", "/balloon", {"amount_mib": 1})  # the probe's go signal
+            reported = int(_wait_for(vmm, r"INFO balloon_reported mib=(\d+)").group(1))
+            after = _rss_kib(vmm.proc.pid)
+            vm.api.request("PUT", "/actions", {"action_type": "FlushMetrics"})
+            drop_mib = (before - after) / 1024
+            print(f"free page reporting: VMM RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB, "
+                  f"drop {drop_mib:.1f} MiB for {reported} MiB reported")
+            assert reported == TOUCH_MIB // 2
+            assert abs(drop_mib - reported) <= 0.10 * reported, (before, after, vmm.describe())
+            vm.api.request("PATCH", "/balloon", {"amount_mib": 0})
+            assert vmm.wait() == 0, vmm.describe()
+        assert "PASS balloon_report" in vmm.stdout and "FAIL" not in vmm.stdout, vmm.describe()
+        totals = _balloon_totals(tmp_path / "metrics.json")
+        assert totals["free_page_report_count"] == 1, totals
+        assert totals["free_page_report_freed"] == reported << 20, totals
+    finally:
+        vmm.stop()
+
+
+def _balloon_totals(path) -> dict:
+    totals: dict = {}
+    for line in path.read_text().splitlines():
+        for key, value in json.loads(line)["balloon"].items():
+            totals[key] = totals.get(key, 0) + value
+    return totals
+
+
+def test_balloon_malformed_requests_never_crash_the_vmm(kvm, probe_kernel, run_vmm, tmp_path):
     config = {
         "boot-source": {
             "kernel_image_path": str(probe_kernel),
@@ -107,10 +149,13 @@ def test_balloon_malformed_requests_never_crash_the_vmm(kvm, probe_kernel, run_v
         "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
         "balloon": {"amount_mib": 0, "deflate_on_oom": False},
     }
-    run = run_vmm(config)
+    run = run_vmm(config, args=("--metrics-path", str(tmp_path / "metrics.json")))
     assert not run.timed_out and run.returncode == 0, run.describe()
     assert not run.reports.fails, run.describe()
     for name in ("balloon_init", "balloon_bad_pfns", "balloon_bad_len", "balloon_bad_count", "balloon_bad_buffer"):
         assert run.reports.passed(name), f"no PASS {name}\n" + run.describe()
+    totals = _balloon_totals(tmp_path / "metrics.json")
+    # bad length + too many PFNs are refused (2), the buffer outside RAM breaks the device (1)
+    assert totals["event_fails"] == 3 and totals["inflate_count"] == 1, totals
     # the balloon is the first virtio device (catalog 4.5)
     assert "virtio_mmio.device=4K@0xc0001000:5" in run.reports.named("cmdline", "INFO")[0].fields["value"]

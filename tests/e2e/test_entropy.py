@@ -22,13 +22,22 @@ def _assert_clean(run) -> None:
     assert run.returncode == 0, run.describe()
 
 
-def test_probe_gets_random_bytes(kvm, probe_kernel, run_vmm):
-    run = run_vmm(_config(probe_kernel, {}, "probe.rng=4096 probe.rng_count=8"))
+def test_probe_gets_random_bytes(kvm, probe_kernel, run_vmm, tmp_path):
+    import json
+
+    metrics = tmp_path / "metrics.json"
+    run = run_vmm(_config(probe_kernel, {}, "probe.rng=4096 probe.rng_count=8"), args=("--metrics-path", str(metrics)))
     _assert_clean(run)
     assert run.reports.passed("rng_init"), run.describe()
     result = run.reports.named("rng", "PASS")[0].fields
     assert result["bytes"] == str(8 * 4096) and result["used"] == "4096", run.describe()
     assert "virtio_mmio.device=4K@0xc0001000:5" in run.reports.named("cmdline", "INFO")[0].fields["value"]
+    totals: dict = {}
+    for line in metrics.read_text().splitlines():
+        for key, value in json.loads(line)["entropy"].items():
+            totals[key] = totals.get(key, 0) + value
+    assert totals["entropy_bytes"] == 8 * 4096 and totals["entropy_event_count"] >= 8, totals
+    assert totals["entropy_event_fails"] == 0 and totals["host_rng_fails"] == 0, totals
 
 
 def test_probe_request_is_capped_at_64_kib(kvm, probe_kernel, run_vmm):

@@ -10,6 +10,11 @@
  * minor_faults = number of buffers sent), reporting "INFO balloon_stats n=...".
  * It finishes after the balloon went up and back to 0 (or probe.balloon_ms, default 60000, passed).
  *
+ * probe.balloon_report=1 (FREE_PAGE_REPORTING): once num_pages first becomes non-zero (the test's
+ * go signal) the lower half of the touched area is reported free on the reporting queue, in one
+ * chain of BL_QSIZE device-writable ranges ("INFO balloon_reported mib=N"); the run then ends when
+ * num_pages returns to 0.
+ *
  * probe.balloon_bad=1 instead sends malformed requests (PFNs outside RAM, a length that is not a
  * multiple of 4, far too many PFNs, then a buffer outside RAM, which must break only the device) and
  * checks the device keeps answering / asks for a reset.
@@ -20,13 +25,14 @@
 #define BL_PFNS 256
 #define VIRTIO_BALLOON_F_STATS_VQ (1ul << 1)
 #define VIRTIO_BALLOON_F_DEFLATE_ON_OOM (1ul << 2)
+#define VIRTIO_BALLOON_F_FREE_PAGE_REPORTING (1ul << 5)
 #define VIRTIO_STATUS_NEEDS_RESET 0x40
 
 extern char __image_end[];
 
-static u8 bl_qmem[3][VQ_MEM_SIZE(BL_QSIZE)] __attribute__((aligned(4096)));
+static u8 bl_qmem[4][VQ_MEM_SIZE(BL_QSIZE)] __attribute__((aligned(4096)));
 static struct virtio_dev bl_dev;
-static struct vq bl_inflate, bl_deflate, bl_stats;
+static struct vq bl_inflate, bl_deflate, bl_stats, bl_report;
 static u32 bl_pfns[BL_PFNS] __attribute__((aligned(64)));
 static u8 bl_big[64 * 1024] __attribute__((aligned(4096)));
 
@@ -150,6 +156,37 @@ static void bl_bad(void)
         fail("balloon_bad_buffer status=0x%x after_reset=0x%x\n", status, after);
 }
 
+static void bl_free_report(int reporting, u64 touch_mib)
+{
+    if (!reporting) {
+        fail("balloon_report what=not_offered\n");
+        return;
+    }
+    u64 limit_ms = cmd_u64_or("balloon_ms", 60000);
+    u32 t0 = clock_now();
+    while (bl_target() == 0 && ms_since(t0) < limit_ms)
+        delay_us(2000);
+    u64 half = touch_mib * MIB / 2, piece = half / BL_QSIZE;
+    for (u32 i = 0; i < BL_QSIZE; i++) {
+        u16 flags = VRING_DESC_F_WRITE | (i + 1 < BL_QSIZE ? VRING_DESC_F_NEXT : 0);
+        bl_report.desc[i] = (struct vq_desc){bl_area + i * piece, (u32)piece, flags, (u16)(i + 1)};
+    }
+    vq_push(&bl_report, 0);
+    vq_kick(&bl_report);
+    u32 id, len;
+    if (!vq_wait(&bl_report, &id, &len, 200000000ul)) {
+        fail("balloon_report what=timeout\n");
+        return;
+    }
+    print("INFO balloon_reported mib=%lu\n", half / MIB);
+    while (bl_target() != 0 && ms_since(t0) < limit_ms)
+        delay_us(2000);
+    if (bl_target() == 0)
+        print("PASS balloon_report mib=%lu\n", half / MIB);
+    else
+        fail("balloon_report what=timeout_waiting_for_0\n");
+}
+
 static void check_balloon(const char *value)
 {
     (void)value;
@@ -159,15 +196,20 @@ static void check_balloon(const char *value)
         fail("balloon_probe what=no_device\n");
         return;
     }
-    if (!virtio_negotiate(&bl_dev, VIRTIO_BALLOON_F_STATS_VQ | VIRTIO_BALLOON_F_DEFLATE_ON_OOM, "balloon"))
+    u64 wanted = VIRTIO_BALLOON_F_STATS_VQ | VIRTIO_BALLOON_F_DEFLATE_ON_OOM | VIRTIO_BALLOON_F_FREE_PAGE_REPORTING;
+    if (!virtio_negotiate(&bl_dev, wanted, "balloon"))
         return;
     int stats = (bl_dev.features & VIRTIO_BALLOON_F_STATS_VQ) != 0;
+    int reporting = (bl_dev.features & VIRTIO_BALLOON_F_FREE_PAGE_REPORTING) != 0;
+    /* queues are numbered without the absent ones: inflate, deflate, [stats], [reporting] */
     if (!vq_setup(&bl_dev, 0, &bl_inflate, bl_qmem[0], BL_QSIZE, "balloon") ||
         !vq_setup(&bl_dev, 1, &bl_deflate, bl_qmem[1], BL_QSIZE, "balloon") ||
         (stats && !vq_setup(&bl_dev, 2, &bl_stats, bl_qmem[2], BL_QSIZE, "balloon")) ||
+        (reporting && !vq_setup(&bl_dev, 2 + stats, &bl_report, bl_qmem[3], BL_QSIZE, "balloon")) ||
         !virtio_driver_ok(&bl_dev, "balloon"))
         return;
-    print("PASS balloon_init features=0x%lx stats=%d target=%u\n", bl_dev.features, stats, bl_target());
+    print("PASS balloon_init features=0x%lx stats=%d reporting=%d target=%u\n", bl_dev.features, stats, reporting,
+          bl_target());
     if (cmd_is("balloon_bad", "1")) {
         bl_bad();
         return;
@@ -188,6 +230,10 @@ static void check_balloon(const char *value)
     if (stats)
         bl_post_stats();
 
+    if (cmd_is("balloon_report", "1")) {
+        bl_free_report(reporting, touch_mib);
+        return;
+    }
     u64 limit_ms = cmd_u64_or("balloon_ms", 60000);
     u32 t0 = clock_now();
     int went_up = 0;
