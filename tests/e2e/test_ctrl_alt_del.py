@@ -27,7 +27,9 @@ def test_send_ctrl_alt_del_reaches_the_guest(kvm, probe_kernel, tmp_path, mode, 
                 time.sleep(0.02)
             vm.send_ctrl_alt_del()
             assert vmm.wait() == 0, vmm.describe()
-        out = vmm.stdout
+        from tests.e2e.test_balloon import _console
+
+        out = _console(vmm)
         assert f"PASS kbd_ctrl_alt_del codes=14,11,e0,71 irq1={irq1}" in out, vmm.describe()
         assert "FAIL" not in out, vmm.describe()
     finally:
