@@ -147,3 +147,26 @@ def run_vmm(tmp_path: Path):
         return _run(cmd, tmp_path, timeout)
 
     return run
+
+
+# --- the slow tier names each of its checks in the report ----------------------------------------
+_SLOW_RESULTS: list[tuple[str, str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "slow" not in report.keywords:
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        reason = ""
+        if report.skipped and isinstance(report.longrepr, tuple):
+            reason = str(report.longrepr[2])
+        _SLOW_RESULTS.append((report.nodeid, report.outcome, reason))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
+    if not _SLOW_RESULTS:
+        return
+    terminalreporter.section("slow tier: checks")
+    for nodeid, outcome, reason in _SLOW_RESULTS:
+        line = f"{outcome.upper():8} {nodeid}"
+        terminalreporter.write_line(line + (f"  ({reason})" if reason else ""))
