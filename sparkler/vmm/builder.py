@@ -132,6 +132,10 @@ def _build(config: VmmConfig, mc: Any, options: BuildOptions, cleanup: ExitStack
     serial_output = SerialOutput(serial_out_fd)
     closeables.append(serial_output)  # gives the console fd its blocking mode back at exit
     serial = Serial(serial_irq, serial_output)
+    serial_space = EventFd()  # the guest drained a full receive FIFO: read console input again
+    closeables.append(serial_space)
+    serial.space_notify = serial_space.write
+    serial.space_event = serial_space  # type: ignore[attr-defined]
     pio_bus.insert(serial, layout.PORT_COM1, layout.PORT_COM1_SIZE)
     devices["serial"] = serial
 

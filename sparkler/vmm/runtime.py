@@ -189,7 +189,7 @@ def run_event_loop(machine: Machine, extra: list[tuple[int, object]] | None = No
     serial = machine.devices.get("serial")
     if serial is not None and input_allowed(0):
         os.set_blocking(0, False)
-        loop.add(0, lambda _mask: _forward_stdin(loop, serial))
+        ConsoleInput(loop, serial, 0).start()
     for fd, handler in [*getattr(machine, "event_handlers", ()), *(extra or [])]:
         loop.add(fd, lambda _mask, handler=handler: handler())  # type: ignore[misc]
     try:
@@ -205,17 +205,55 @@ def run_event_loop(machine: Machine, extra: list[tuple[int, object]] | None = No
     return machine.exit_code if machine.exit_code is not None else EXIT_GENERIC
 
 
-def _forward_stdin(loop: Any, serial: object) -> None:
-    try:
-        data = os.read(0, 64)
-    except BlockingIOError:
-        return
-    except OSError:
-        data = b""
-    if not data:
-        loop.remove(0)  # EOF: the console has no more input
-        return
-    serial.enqueue_input(data)  # type: ignore[attr-defined]
+class ConsoleInput:
+    """Console input (``fd``, stdin) -> the UART, on the VMM thread, never more than the receive
+    FIFO holds: when it is full, ``fd`` leaves the loop until the guest drains the FIFO (the UART
+    signals ``serial.space_event``), so no byte is dropped. Without that event (a machine built
+    elsewhere) input is read 64 bytes at a time and what does not fit is counted as missed."""
+
+    def __init__(self, loop: Any, serial: Any, fd: int) -> None:
+        self.loop, self.serial, self.fd = loop, serial, fd
+        self.space_event = getattr(serial, "space_event", None)
+        self.reading = False
+        self.eof = False
+
+    def start(self) -> None:
+        if self.space_event is not None:
+            self.loop.add(self.space_event.fileno(), self._on_space)
+        self._resume()
+
+    def _resume(self) -> None:
+        if not self.reading and not self.eof:
+            self.loop.add(self.fd, self._on_input)
+            self.reading = True
+
+    def _pause(self) -> None:
+        if self.reading:
+            self.loop.remove(self.fd)
+            self.reading = False
+
+    def _on_space(self, _mask: int) -> None:
+        self.space_event.read()  # type: ignore[union-attr]
+        self._resume()
+
+    def _on_input(self, _mask: int) -> None:
+        space = self.serial.input_space() if self.space_event is not None else 64
+        if space == 0:
+            self._pause()
+            return
+        try:
+            data = os.read(self.fd, space)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.eof = True  # the console has no more input
+            self._pause()
+            return
+        self.serial.enqueue_input(data)
+        if self.space_event is not None and self.serial.input_space() == 0:
+            self._pause()
 
 
 def run_api(options: RunOptions, config: VmmConfig | None) -> int:
@@ -226,6 +264,7 @@ def run_api(options: RunOptions, config: VmmConfig | None) -> int:
 
 
 __all__ = [
+    "ConsoleInput",
     "RunOptions",
     "configure_seccomp",
     "final_metrics_flush",

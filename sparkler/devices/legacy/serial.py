@@ -100,6 +100,9 @@ class Serial:
         self._lock = threading.Lock()
         self.space_available = threading.Event()  # set while the receive FIFO has room
         self.space_available.set()
+        # Called (on the vCPU thread, under the lock) when a full receive FIFO gets room again, so
+        # that the VMM thread resumes reading console input (the builder points it at an eventfd).
+        self.space_notify: Callable[[], None] | None = None
         self._trigger = trigger
         self._out = out
         self.ier = 0
@@ -138,7 +141,7 @@ class Serial:
             if not self.rx:
                 return 0
             value = self.rx.popleft()
-            self.space_available.set()
+            self._space_freed()
             return value
         if offset == IER:
             return (self.divisor >> 8) & 0xFF if dlab else self.ier
@@ -179,7 +182,7 @@ class Serial:
             self.fifo_enabled = bool(value & FCR_FIFO_ENABLE)
             if value & FCR_CLEAR_RX:
                 self.rx.clear()
-                self.space_available.set()
+                self._space_freed()
         elif offset == LCR:
             self.lcr = value
         elif offset == MCR:
@@ -226,6 +229,12 @@ class Serial:
     def _update_interrupt(self) -> None:
         if self._iir() != IIR_NONE:
             self._trigger.trigger()
+
+    def _space_freed(self) -> None:
+        if not self.space_available.is_set():
+            self.space_available.set()
+            if self.space_notify is not None:
+                self.space_notify()
 
     # --- host side ---------------------------------------------------------------------------
     def _receive(self, data: bytes) -> int:
