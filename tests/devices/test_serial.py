@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 
 from sparkler.devices.legacy import serial as s
-from sparkler.devices.legacy.serial import Serial, SerialInputPump, SerialOutput, input_allowed
+from sparkler.devices.legacy.serial import Serial, SerialOutput, input_allowed
 
 
 class CountingTrigger:
@@ -326,64 +325,6 @@ def test_input_allowed_fifo_true_regular_file_false(tmp_path) -> None:
     finally:
         for fd in (r, w, f):
             os.close(fd)
-
-
-def test_serial_input_pump_once_moves_bytes_and_reports_eof() -> None:
-    r, w = os.pipe()
-    dev, trig = make()
-    wr(dev, s.IER, s.IER_RDA)
-    pump = SerialInputPump(dev, r)
-    try:
-        os.write(w, b"ls\n")
-        assert pump.pump_once()
-        assert bytes(rd(dev, s.DATA) for _ in range(3)) == b"ls\n"
-        assert trig.count == 1
-        os.close(w)
-        w = -1
-        assert not pump.pump_once()
-    finally:
-        pump.close()
-        os.close(r)
-        if w >= 0:
-            os.close(w)
-
-
-def test_serial_input_pump_full_fifo_reads_nothing() -> None:
-    r, w = os.pipe()
-    dev, _ = make()
-    dev.enqueue_input(bytes(s.RX_FIFO_SIZE))
-    pump = SerialInputPump(dev, r)
-    try:
-        os.write(w, b"abc")
-        assert pump.pump_once()
-        assert os.read(r, 10) == b"abc"  # still in the pipe
-        assert dev.statistics().missed_read_count == 0
-    finally:
-        pump.close()
-        os.close(r)
-        os.close(w)
-
-
-def test_serial_input_pump_thread_stops_on_request() -> None:
-    r, w = os.pipe()
-    dev, _ = make()
-    pump = SerialInputPump(dev, r)
-    t = threading.Thread(target=pump.run)
-    t.start()
-    try:
-        os.write(w, b"hey")
-        for _ in range(200):
-            if dev.input_space() == s.RX_FIFO_SIZE - 3:
-                break
-            threading.Event().wait(0.01)
-        assert bytes(rd(dev, s.DATA) for _ in range(3)) == b"hey"
-    finally:
-        pump.stop()
-        t.join(5)
-        assert not t.is_alive()
-        pump.close()
-        os.close(r)
-        os.close(w)
 
 
 def test_serial_linux_startup_thre_bug_probe_finds_no_bug() -> None:

@@ -32,14 +32,13 @@ full, ``missed_write_count`` output bytes dropped because the sink would block, 
 accesses that are not one byte wide plus output errors other than EAGAIN, ``flush_count`` and
 ``rate_limiter_dropped_bytes`` stay 0 (no buffered writer, no rate limiter here).
 
-Threading: the vCPU thread calls ``read``/``write``, the stdin pump calls ``enqueue_input``; one lock
-serialises them.
+Threading: the vCPU thread calls ``read``/``write``, the VMM thread (``vmm.runtime.ConsoleInput``)
+calls ``enqueue_input``; one lock serialises them.
 """
 
 from __future__ import annotations
 
 import os
-import select
 import stat
 import threading
 from collections import deque
@@ -303,57 +302,3 @@ def input_allowed(fd: int) -> bool:
     return os.isatty(fd) or stat.S_ISFIFO(mode)
 
 
-class SerialInputPump:
-    """Moves bytes from an input fd (stdin) into the UART, never more than the FIFO can hold.
-
-    ``run()`` is the body of an I/O thread: it returns at EOF, on an error, or once ``stop()`` was
-    called (a self-pipe wakes the ``select``). ``pump_once()`` does one non-blocking step for tests
-    and event loops: returns False at EOF.
-    """
-
-    def __init__(self, serial: Serial, fd: int) -> None:
-        self.serial = serial
-        self.fd = fd
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._stopped = False
-
-    def pump_once(self) -> bool:
-        space = self.serial.input_space()
-        if space == 0:
-            return True
-        try:
-            data = os.read(self.fd, space)
-        except BlockingIOError:
-            return True
-        if not data:
-            return False
-        self.serial.enqueue_input(data)
-        return True
-
-    def run(self) -> None:
-        try:
-            while not self._stopped:
-                if not self.serial.space_available.wait(timeout=0.1):
-                    continue
-                ready, _, _ = select.select([self.fd, self._wake_r], [], [])
-                if self._stopped or self._wake_r in ready:
-                    return
-                if not self.pump_once():
-                    return
-        except OSError:
-            return
-
-    def stop(self) -> None:
-        """Ask ``run()`` to return (call ``close()`` after joining the thread)."""
-        self._stopped = True
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        """Close the wake-up pipe (not the input fd)."""
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                os.close(fd)
-        self._wake_r = self._wake_w = -1
