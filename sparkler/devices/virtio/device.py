@@ -159,9 +159,15 @@ class VirtioDevice:
                 self.process_queue(index)
             except GuestFault as fault:
                 self.mark_broken(str(fault))
+            if self.broken_reason is not None:
+                self.on_queue_fault()  # it was not broken on entry: this notification broke it
 
     def process_queue(self, index: int) -> None:
         raise NotImplementedError
+
+    def on_queue_fault(self) -> None:
+        """Hook (under the lock): handling a queue notification marked the device broken (devices
+        count it in their ``event_fails`` metric)."""
 
     # --- host side (called by the builder's wiring on the VMM thread) -------------------------------
     def attach_host(self, host: Any) -> None:

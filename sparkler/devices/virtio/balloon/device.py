@@ -235,12 +235,8 @@ class BalloonDevice(VirtioDevice):
         self._host = host
 
     # --- queue processing ---------------------------------------------------------------------------
-    def queue_notify(self, index: int) -> None:
-        with self.lock:
-            was_broken = self.broken
-            super().queue_notify(index)
-            if self.broken and not was_broken:
-                self.counters.event_fails += 1
+    def on_queue_fault(self) -> None:
+        self.counters.event_fails += 1
 
     def process_queue(self, index: int) -> None:
         handlers = {

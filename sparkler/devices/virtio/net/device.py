@@ -282,11 +282,11 @@ class NetDevice(VirtioDevice):
                 self.counters.rx_queue_event_count += 1
             elif index == TX_INDEX:
                 self.counters.tx_queue_event_count += 1
-            was_broken = self.broken
             super().queue_notify(index)
-            if self.broken and not was_broken:
-                self.counters.event_fails += 1
-                self._poll_tap(False)
+
+    def on_queue_fault(self) -> None:
+        self.counters.event_fails += 1
+        self._poll_tap(False)
 
     def process_queue(self, index: int) -> None:
         if index == RX_INDEX:

@@ -129,10 +129,10 @@ class EntropyDevice(VirtioDevice):
     def queue_notify(self, index: int) -> None:
         with self.lock:
             self.counters.entropy_event_count += 1
-            was_broken = self.broken
             super().queue_notify(index)
-            if self.broken and not was_broken:
-                self.counters.entropy_event_fails += 1
+
+    def on_queue_fault(self) -> None:
+        self.counters.entropy_event_fails += 1
 
     def process_queue(self, index: int) -> None:
         queue = self.queues[index]
