@@ -45,7 +45,8 @@ COMMANDS = {
 }
 
 
-def _cpu_ns(pid: int) -> int:
+def process_cpu_ns(pid: int) -> int:
+    """CPU time of every thread of ``pid`` so far (schedstat, nanoseconds)."""
     total = 0
     for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
         try:
@@ -56,7 +57,8 @@ def _cpu_ns(pid: int) -> int:
     return total
 
 
-def _try_connect(path: str) -> bool:
+def accepts_connection(path: str) -> bool:
+    """True when a Unix stream socket at ``path`` accepts a connection now."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         try:
             s.connect(path)
@@ -75,9 +77,9 @@ def one_run(argv: list[str], tmp: str, env: dict[str, str] | None = None) -> tup
                             stderr=subprocess.PIPE, cwd=tmp, env=env)
     try:
         while True:
-            if os.path.exists(sock) and _try_connect(sock):
+            if os.path.exists(sock) and accepts_connection(sock):
                 wall = time.perf_counter() - t0
-                cpu = _cpu_ns(proc.pid)
+                cpu = process_cpu_ns(proc.pid)
                 return wall * 1000, cpu / 1e6
             if proc.poll() is not None:
                 err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
@@ -96,7 +98,7 @@ def importtime(argv: list[str], tmp: str, top: int = 15) -> list[tuple[int, int,
     cmd = [argv[0], "-X", "importtime", *argv[1:], "--api-sock", sock, "--level", "Error"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp)
     deadline = time.monotonic() + 30
-    while not (os.path.exists(sock) and _try_connect(sock)) and time.monotonic() < deadline:
+    while not (os.path.exists(sock) and accepts_connection(sock)) and time.monotonic() < deadline:
         time.sleep(0.001)
     proc.kill()
     _, err = proc.communicate()

@@ -17,17 +17,17 @@ Usage: .venv/bin/python bench/jailer_startup.py [--runs 10]
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import pathlib
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from api_startup import accepts_connection, process_cpu_ns  # bench/ is on sys.path: run as a script
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 UID = GID = 12345
@@ -47,26 +47,6 @@ def exec_file(directory: pathlib.Path) -> pathlib.Path:
     return script
 
 
-def _cpu_ns(pid: int) -> int:
-    total = 0
-    for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
-        try:
-            with open(path) as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
-
-
-def _accepts(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        try:
-            s.connect(path)
-            return True
-        except OSError:
-            return False
-
-
 def one_run(script: pathlib.Path, extra: tuple[str, ...], index: int) -> tuple[float, float]:
     """(wall ms, CPU ms) from the jailer's Popen to an accepted connection on the jailed socket."""
     base = pathlib.Path(tempfile.mkdtemp(prefix="sjb-", dir="/tmp"))  # short: sun_path is 108 bytes
@@ -78,9 +58,9 @@ def one_run(script: pathlib.Path, extra: tuple[str, ...], index: int) -> tuple[f
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
         while True:
-            if _accepts(sock):
+            if accepts_connection(sock):
                 wall = time.perf_counter() - t0
-                return wall * 1000, _cpu_ns(proc.pid) / 1e6
+                return wall * 1000, process_cpu_ns(proc.pid) / 1e6
             if proc.poll() is not None:
                 err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
                 raise SystemExit(f"the jailer/VMM exited with {proc.returncode} before the socket was ready\n{err}")
