@@ -6,43 +6,20 @@ import os
 import msgspec
 import pytest
 
-from sparkler.api.router import route
 from sparkler.config.logger import LoggerConfig
 from sparkler.errors import LoaderError
 from sparkler.testing.fake_machine import FakeBuilder
 from sparkler.vmm import actions as A
 from sparkler.vmm.controller import Controller, ControllerHooks
 
+from .controller_util import boot, call
+
 PRE = A.OperationNotSupportedPreBoot.MESSAGE
 POST = A.OperationNotSupportedPostBoot.MESSAGE
 
 
-@pytest.fixture
-def kernel(tmp_path):
-    path = tmp_path / "vmlinux"
-    path.write_bytes(b"\x7fELF")
-    return str(path)
-
-
-@pytest.fixture
-def controller():
-    return Controller(FakeBuilder(), build_options="opts", instance_id="vm1")
-
-
-def call(controller, method, path, doc=None):
-    body = b"" if doc is None else msgspec.json.encode(doc)
-    action = route(method, path, body)
-    assert isinstance(action, A.ACTION_TYPES), action
-    return controller.handle(action)
-
-
 def snapshot(controller):
     return msgspec.json.encode(controller.config)
-
-
-def boot(controller, kernel):
-    assert call(controller, "PUT", "/boot-source", {"kernel_image_path": kernel}) == A.Empty()
-    assert call(controller, "PUT", "/actions", {"action_type": "InstanceStart"}) == A.Empty()
 
 
 # --- reads --------------------------------------------------------------------------------------

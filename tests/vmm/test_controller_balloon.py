@@ -5,41 +5,18 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-import msgspec
-import pytest
-
 from sparkler.api import bodies
-from sparkler.api.router import route
 from sparkler.devices.virtio.balloon.device import BalloonDevice
-from sparkler.testing.fake_machine import FakeBuilder
 from sparkler.vmm import actions as A
-from sparkler.vmm.controller import Controller
+
+from .controller_util import boot as boot_fake
+from .controller_util import call
 
 PRE = A.OperationNotSupportedPreBoot.MESSAGE
 
 
-@pytest.fixture
-def kernel(tmp_path):
-    path = tmp_path / "vmlinux"
-    path.write_bytes(b"\x7fELF")
-    return str(path)
-
-
-@pytest.fixture
-def controller():
-    return Controller(FakeBuilder(), build_options="opts", instance_id="vm1")
-
-
-def call(controller, method, path, doc=None):
-    body = b"" if doc is None else msgspec.json.encode(doc)
-    action = route(method, path, body)
-    assert isinstance(action, A.ACTION_TYPES), action
-    return controller.handle(action)
-
-
 def boot(controller, kernel):
-    assert call(controller, "PUT", "/boot-source", {"kernel_image_path": kernel}) == A.Empty()
-    assert call(controller, "PUT", "/actions", {"action_type": "InstanceStart"}) == A.Empty()
+    boot_fake(controller, kernel)
     balloon = controller.config.balloon
     if balloon is not None:  # what the builder would attach
         device = BalloonDevice(balloon.amount_mib, stats_polling_interval_s=balloon.stats_polling_interval_s)
